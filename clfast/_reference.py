@@ -1,0 +1,122 @@
+"""The executable spec of every clfast state op, in plain PyTorch.
+
+Each function takes the same arguments as its ``clfast.ops`` twin and computes the same result
+one parameter at a time with ordinary tensor ops. Functions whose op works in place return new
+tensors instead (the updated state), so a test can compare. Arithmetic is done in float64.
+Formulas: ``shared/reference/avalanche-semantics.md`` §2 (MAS), §3.2 (RWalk), §4.9 (SI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+D = torch.float64
+
+
+def _slices(params: Sequence[Tensor], flat: Tensor) -> list[Tensor]:
+    """Per-parameter float64 views of a flat buffer, shaped like the parameters."""
+    out, offset = [], 0
+    for p in params:
+        out.append(flat[offset : offset + p.numel()].to(D).view(p.shape))
+        offset += p.numel()
+    assert offset == flat.numel(), "flat buffer size does not match the parameters"
+    return out
+
+
+def _cat(parts: Sequence[Tensor], like: Tensor) -> Tensor:
+    if not parts:
+        return like.new_zeros(0)
+    return torch.cat([t.reshape(-1) for t in parts]).to(like.dtype)
+
+
+def quad_penalty(params: Sequence[Tensor], importance: Tensor, anchor: Tensor, lam: float) -> Tensor:
+    """λ·Σ_k Σ Ω_k ⊙ (θ_k − θ*_k)² (MAS §2.2, RWalk §3.1 penalty, EWC)."""
+    total = torch.zeros((), dtype=D)
+    for p, w, a in zip(params, _slices(params, importance), _slices(params, anchor), strict=True):
+        total = total + (w * (p.detach().to(D) - a) ** 2).sum()
+    return lam * total
+
+
+def quad_penalty_grad(params: Sequence[Tensor], importance: Tensor, anchor: Tensor, lam: float) -> list[Tensor]:
+    """∂/∂θ_k of the penalty: 2λ·Ω_k ⊙ (θ_k − θ*_k)."""
+    return [
+        2.0 * lam * w * (p.detach().to(D) - a)
+        for p, w, a in zip(params, _slices(params, importance), _slices(params, anchor), strict=True)
+    ]
+
+
+def mas_importance_update(importance: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor | None],
+                          scale: float) -> Tensor:
+    """Ω_k += scale·|g_k|; a None gradient leaves Ω_k unchanged."""
+    parts = []
+    for w, g in zip(_slices(params, importance), grads, strict=True):
+        parts.append(w if g is None else w + scale * g.to(D).abs())
+    return _cat(parts, importance)
+
+
+def ema_sq_update(fisher: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor | None], alpha: float) -> Tensor:
+    """EWC++: F_k ← α·g_k² + (1−α)·F_k; a None gradient leaves F_k unchanged."""
+    parts = []
+    for f, g in zip(_slices(params, fisher), grads, strict=True):
+        parts.append(f if g is None else alpha * g.to(D) ** 2 + (1.0 - alpha) * f)
+    return _cat(parts, fisher)
+
+
+def path_integral_update(acc: Tensor, prev_params: Tensor, params: Sequence[Tensor],
+                         grads: Sequence[Tensor | None]) -> tuple[Tensor, Tensor]:
+    """acc_k −= g_k ⊙ (θ_k − θ_prev,k); θ_prev,k ← θ_k (SI ω, RWalk checkpoint loss)."""
+    accs, prevs = [], []
+    for a, prev, p, g in zip(_slices(params, acc), _slices(params, prev_params), params, grads, strict=True):
+        theta = p.detach().to(D)
+        accs.append(a if g is None else a - g.to(D) * (theta - prev))
+        prevs.append(theta)
+    return _cat(accs, acc), _cat(prevs, prev_params)
+
+
+def rwalk_score_update(scores: Tensor, loss_acc: Tensor, ckpt_params: Tensor, fisher: Tensor,
+                       params: Sequence[Tensor], eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """s_k += L_k / (½·F_k ⊙ (θ_k − θ_ckpt,k)² + ε); then L ← 0 and θ_ckpt ← θ."""
+    new_scores = []
+    for s, loss, ck, f, p in zip(_slices(params, scores), _slices(params, loss_acc), _slices(params, ckpt_params),
+                                 _slices(params, fisher), params, strict=True):
+        d = p.detach().to(D) - ck
+        new_scores.append(s + loss / (0.5 * f * d**2 + eps))
+    theta = [p.detach() for p in params]
+    return _cat(new_scores, scores), torch.zeros_like(loss_acc), _cat(theta, ckpt_params)
+
+
+def si_consolidate(cum: Tensor, importance: Tensor, omega: Tensor, anchor: Tensor, params: Sequence[Tensor],
+                   c: float, eps: float, clip: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """With traj = −ω: cum += c·traj/((θ−θ*)²+eps); Ω ← min(−cum, clip); ω ← 0; θ* ← θ."""
+    cums, imps = [], []
+    for cu, om, a, p in zip(_slices(params, cum), _slices(params, omega), _slices(params, anchor), params,
+                            strict=True):
+        d = p.detach().to(D) - a
+        new_cum = cu + c * (-om) / (d**2 + eps)
+        cums.append(new_cum)
+        imps.append(torch.clamp(-new_cum, max=clip))
+    theta = [p.detach() for p in params]
+    return _cat(cums, cum), _cat(imps, importance), torch.zeros_like(omega), _cat(theta, anchor)
+
+
+def state_max(state: Tensor) -> Tensor:
+    """Global maximum (NaN propagates, as torch.max does)."""
+    return state.max()
+
+
+def rwalk_penalty_weights(fisher: Tensor, scores: Tensor) -> Tensor:
+    """P = F / max F + relu(s) / max s; a term whose maximum is ≤ 0 contributes 0."""
+    f, s = fisher.to(D), scores.to(D)
+    if f.numel() == 0:
+        return fisher.clone()
+    mf, ms = f.max(), s.max()
+    term_f = f / mf if mf > 0 else torch.zeros_like(f)
+    term_s = torch.relu(s) / ms if ms > 0 else torch.zeros_like(s)
+    return (term_f + term_s).to(fisher.dtype)
+
+
+def nonfinite_flags(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.tensor([bool((~torch.isfinite(t)).any()) for t in tensors], dtype=torch.bool)

@@ -1,0 +1,203 @@
+// CPU kernels of the clfast state ops: at::parallel_for over fixed-size chunks of the
+// concatenated index space of all model tensors, around the functors of elementwise.h.
+//
+// Chunks have a fixed size and partial sums are combined in chunk order, so every result
+// is the same whatever the number of threads.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "clfast/dispatch.h"
+#include "clfast/ops_impl.h"
+
+namespace clfast {
+namespace {
+
+constexpr int64_t kChunk = int64_t{1} << 16;
+
+// Runs f over one contiguous piece of n elements; returns the (double) sum of f for reducing functors.
+template <typename F, typename P, typename S>
+double run_piece(const F& f, const Ptrs<P, S>& p, int64_t n) {
+  using T = typename F::T;
+  if constexpr (F::kReduces) {
+    // Several independent accumulators let the compiler keep more than one add in flight.
+    constexpr int kLanes = 8;
+    T acc[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= n; k += kLanes) {
+      for (int u = 0; u < kLanes; ++u) acc[u] += f(p, k + u);
+    }
+    for (; k < n; ++k) acc[0] += f(p, k);
+    double sum = 0.0;
+    for (int u = 0; u < kLanes; ++u) sum += static_cast<double>(acc[u]);
+    return sum;
+  } else {
+    for (int64_t k = 0; k < n; ++k) f(p, k);
+    return 0.0;
+  }
+}
+
+template <typename T>
+T* offset_or_null(void* base, int64_t off) {
+  return base == nullptr ? nullptr : static_cast<T*>(base) + off;
+}
+
+// Visits every active piece (tensor i, local offset, flat offset, length) of the chunks [cb, ce).
+template <typename Body>
+double visit_chunks(const ListFlatCall& call, int64_t cb, int64_t ce, Body&& body) {
+  const auto& off = call.offsets;
+  double sum = 0.0;
+  for (int64_t c = cb; c < ce; ++c) {
+    int64_t start = c * kChunk;
+    const int64_t end = std::min(call.total, start + kChunk);
+    // Last tensor whose offset is <= start: the one holding element `start` (skips empty tensors).
+    size_t i = static_cast<size_t>(std::upper_bound(off.begin(), off.end(), start) - off.begin()) - 1;
+    while (start < end) {
+      const int64_t piece_end = std::min(end, off[i + 1]);
+      if (piece_end > start && call.active[i]) sum += body(i, start - off[i], start, piece_end - start);
+      start = piece_end;
+      ++i;
+    }
+  }
+  return sum;
+}
+
+struct CpuRunner {
+  template <typename Make>
+  static double run(const ListFlatCall& call, Make&& make) {
+    if (call.total == 0) return 0.0;
+    auto body = [&](size_t i, int64_t local, int64_t flat, int64_t n) -> double {
+      return dispatch_state_type(call.state_dtype, [&](auto st) {
+        using S = typename decltype(st)::type;
+        return dispatch_model_type(call.dtype[i], [&](auto pt) {
+          using P = typename decltype(pt)::type;
+          const auto f = make(pt, st, call.variant[i]);
+          Ptrs<P, S> p{{offset_or_null<P>(call.list0[i], local), offset_or_null<P>(call.list1[i], local)},
+                       {offset_or_null<S>(call.flat[0], flat), offset_or_null<S>(call.flat[1], flat),
+                        offset_or_null<S>(call.flat[2], flat), offset_or_null<S>(call.flat[3], flat)}};
+          return run_piece(f, p, n);
+        });
+      });
+    };
+    const int64_t nchunks = (call.total + kChunk - 1) / kChunk;
+    std::vector<double> partial(static_cast<size_t>(nchunks), 0.0);
+    at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) partial[static_cast<size_t>(c)] = visit_chunks(call, c, c + 1, body);
+    });
+    double sum = 0.0;
+    for (double v : partial) sum += v;
+    return sum;
+  }
+
+  template <typename Make>
+  static at::Tensor reduce(const ListFlatCall& call, Make&& make, double scale) {
+    const double sum = run(call, make);
+    at::Tensor out = at::empty({}, at::TensorOptions().dtype(call.state_dtype).device(call.device));
+    dispatch_state_type(call.state_dtype, [&](auto st) {
+      using S = typename decltype(st)::type;
+      *out.data_ptr<S>() = static_cast<S>(scale * sum);
+    });
+    return out;
+  }
+
+  template <typename Make>
+  static void apply(const ListFlatCall& call, Make&& make) {
+    run(call, make);
+  }
+
+  static at::Tensor max(const at::Tensor& flat) {
+    at::Tensor out = at::empty({}, flat.options());
+    dispatch_state_type(flat.scalar_type(), [&](auto st) {
+      using S = typename decltype(st)::type;
+      *out.data_ptr<S>() = max_of<S>(flat.data_ptr<S>(), flat.numel());
+    });
+    return out;
+  }
+
+  static at::Tensor rwalk_weights(const at::Tensor& fisher, const at::Tensor& scores) {
+    at::Tensor out = at::empty_like(fisher);
+    const int64_t n = fisher.numel();
+    if (n == 0) return out;
+    dispatch_state_type(fisher.scalar_type(), [&](auto st) {
+      using S = typename decltype(st)::type;
+      const S* f = fisher.data_ptr<S>();
+      const S* s = scores.data_ptr<S>();
+      S* o = out.data_ptr<S>();
+      const S inv_f = safe_inverse_of_max<S>(max_of<S>(f, n));
+      const S inv_s = safe_inverse_of_max<S>(max_of<S>(s, n));
+      at::parallel_for(0, n, kChunk, [&](int64_t b, int64_t e) {
+        for (int64_t k = b; k < e; ++k) o[k] = rwalk_weight<S>(f[k], s[k], inv_f, inv_s);
+      });
+    });
+    return out;
+  }
+
+  static at::Tensor nonfinite(const std::vector<at::Tensor>& tensors) {
+    const int64_t n = static_cast<int64_t>(tensors.size());
+    at::Tensor flags = at::zeros({n}, at::TensorOptions().dtype(at::kBool));
+    bool* fl = flags.data_ptr<bool>();
+    for (int64_t i = 0; i < n; ++i) {
+      const at::Tensor& t = tensors[static_cast<size_t>(i)];
+      if (t.numel() == 0) continue;
+      fl[i] = dispatch_model_type(t.scalar_type(), [&](auto pt) {
+        using P = typename decltype(pt)::type;
+        const P* x = static_cast<const P*>(t.const_data_ptr());
+        // Checked in double for double tensors (a finite double may overflow float), else in float.
+        using C = std::conditional_t<std::is_same_v<P, double>, double, float>;
+        const int bad = at::parallel_reduce(
+            int64_t{0}, t.numel(), kChunk, 0,
+            [&](int64_t b, int64_t e, int acc) {
+              for (int64_t k = b; k < e && !acc; ++k) acc = is_finite_value(static_cast<C>(x[k])) ? 0 : 1;
+              return acc;
+            },
+            [](int a, int b) { return a > b ? a : b; });
+        return bad != 0;
+      });
+    }
+    return flags;
+  }
+
+ private:
+  // Maximum with NaN propagation, chunked so the result does not depend on the thread count.
+  template <typename S>
+  static S max_of(const S* x, int64_t n) {
+    const S lowest = -std::numeric_limits<S>::infinity();
+    const int64_t nchunks = (n + kChunk - 1) / kChunk;
+    std::vector<S> partial(static_cast<size_t>(nchunks), lowest);
+    at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        S m = lowest;
+        const int64_t e = std::min(n, (c + 1) * kChunk);
+        for (int64_t k = c * kChunk; k < e; ++k) m = (x[k] > m || std::isnan(x[k])) && !std::isnan(m) ? x[k] : m;
+        partial[static_cast<size_t>(c)] = m;
+      }
+    });
+    S m = lowest;
+    for (S v : partial) m = (v > m || std::isnan(v)) && !std::isnan(m) ? v : m;
+    return m;
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(clfast, CPU, m) {
+  m.impl("quad_penalty", &quad_penalty_impl<CpuRunner>);
+  m.impl("quad_penalty_backward", &quad_penalty_backward_impl<CpuRunner>);
+  m.impl("quad_penalty_grad_", &quad_penalty_grad_impl<CpuRunner>);
+  m.impl("mas_importance_update_", &mas_importance_update_impl<CpuRunner>);
+  m.impl("ema_sq_update_", &ema_sq_update_impl<CpuRunner>);
+  m.impl("path_integral_update_", &path_integral_update_impl<CpuRunner>);
+  m.impl("rwalk_score_update_", &rwalk_score_update_impl<CpuRunner>);
+  m.impl("si_consolidate_", &si_consolidate_impl<CpuRunner>);
+  m.impl("state_max", &state_max_impl<CpuRunner>);
+  m.impl("rwalk_penalty_weights", &rwalk_penalty_weights_impl<CpuRunner>);
+  m.impl("nonfinite_flags", &nonfinite_flags_impl<CpuRunner>);
+}
+
+}  // namespace clfast
