@@ -55,7 +55,7 @@ def _quad_penalty_backward_fake(grad_out, params, importance, anchor, lam):
 
 
 @torch.library.register_fake("clfast::quad_penalty_grad_")
-def _quad_penalty_grad_fake(grads, params, importance, anchor, lam, mode):
+def _quad_penalty_grad_fake(grads, params, importance, anchor, lam, grad_mode):
     return importance.new_empty(())
 
 

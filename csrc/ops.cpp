@@ -16,10 +16,10 @@ TORCH_LIBRARY(clfast, m) {
       "quad_penalty_backward(Tensor grad_out, Tensor[] params, Tensor importance, Tensor anchor, float lam) "
       "-> Tensor[]");
   // Penalty value, and its gradient 2 lam Omega (theta - theta*) written into grads[i] according to
-  // mode[i]: 0 accumulate (+=), 1 overwrite (=), 2 no gradient (grads[i] is ignored; frozen params).
+  // grad_mode[i]: 0 accumulate (+=), 1 overwrite (=), 2 no gradient (grads[i] is ignored; frozen params).
   m.def(
       "quad_penalty_grad_(Tensor(a!)[] grads, Tensor[] params, Tensor importance, Tensor anchor, float lam, "
-      "int[] mode) -> Tensor");
+      "int[] grad_mode) -> Tensor");
   // MAS: importance += scale * |g|; tensors whose grad is None are left as they are.
   m.def("mas_importance_update_(Tensor(a!) importance, Tensor[] params, Tensor?[] grads, float scale) -> ()");
   // EWC++ / RWalk Fisher: fisher = alpha g^2 + (1 - alpha) fisher; None grads: left as they are.

@@ -99,28 +99,28 @@ struct QuadPenaltyGradAccumulate {
 };
 
 // ---- MAS importance: Omega += scale * |g| ---------------------------------------------------
-// l[0] = grad, f[0] = Omega (updated).
+// l[0] = theta (unused), l[1] = grad, f[0] = Omega (updated).
 template <typename P, typename S>
 struct MasImportanceUpdate {
   using T = opmath_t<P, S>;
   static constexpr bool kReduces = false;
   T scale;
   CLFAST_HD T operator()(const Ptrs<P, S>& p, int64_t k) const {
-    const T g = static_cast<T>(p.l[0][k]);
+    const T g = static_cast<T>(p.l[1][k]);
     p.f[0][k] = static_cast<S>(static_cast<T>(p.f[0][k]) + scale * (g < T(0) ? -g : g));
     return T(0);
   }
 };
 
 // ---- EWC++ / RWalk Fisher: F = alpha g^2 + (1 - alpha) F -------------------------------------
-// l[0] = grad, f[0] = F (updated).
+// l[0] = theta (unused), l[1] = grad, f[0] = F (updated).
 template <typename P, typename S>
 struct EmaSqUpdate {
   using T = opmath_t<P, S>;
   static constexpr bool kReduces = false;
   T alpha;
   CLFAST_HD T operator()(const Ptrs<P, S>& p, int64_t k) const {
-    const T g = static_cast<T>(p.l[0][k]);
+    const T g = static_cast<T>(p.l[1][k]);
     p.f[0][k] = static_cast<S>(alpha * g * g + (T(1) - alpha) * static_cast<T>(p.f[0][k]));
     return T(0);
   }
