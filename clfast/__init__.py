@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (must be imported before _C: the library links against libtorch)
 
-from . import _C  # noqa: F401  (registers torch.ops.clfast.*)
-from . import ops
+from . import (
+    _C,  # noqa: F401  (registers torch.ops.clfast.*)
+    ops,
+)
 from ._info import info
 from .state import FlatState, StateEntry
 

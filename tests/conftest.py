@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-import clfast  # noqa: F401  (registers the ops)
+import clfast
 
 MODEL_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 STATE_DTYPES = [torch.float32, torch.float64]

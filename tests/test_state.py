@@ -135,7 +135,7 @@ def test_load_state_dict_validates_before_changing_anything():
 
 def test_constructor_validates_arguments():
     m = _model()
-    with pytest.raises(ValueError, match="float32 or torch.float64"):
+    with pytest.raises(ValueError, match=r"float32 or torch\.float64"):
         FlatState(m, ["x"], dtype=torch.float16)
     with pytest.raises(ValueError, match="at least one state kind"):
         FlatState(m, [])
@@ -159,3 +159,16 @@ def test_add_kind_and_copy_from():
     assert anchor.data_ptr() == st["anchor"].data_ptr()
     with pytest.raises(ValueError, match="already exists"):
         st.add_kind("anchor")
+
+
+def test_info_reports_build_and_cli_prints_it(capsys):
+    import clfast
+    from clfast.cli import main
+
+    data = clfast.info()
+    assert data["torch"] == torch.__version__
+    assert data["built_with_torch"] == torch.__version__
+    assert data["devices"][0] == "cpu"
+    assert ("cuda" in data["devices"]) == bool(data["cuda_archs"])
+    assert main(["info"]) == 0
+    assert f"torch            : {torch.__version__}" in capsys.readouterr().out

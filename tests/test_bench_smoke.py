@@ -1,0 +1,31 @@
+"""The benchmark script runs and its contenders agree with the Avalanche-style loop (no timing asserted)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_state_ops as bench
+from model_shapes import MODELS
+
+
+def test_contenders_agree_with_the_loop():
+    bench.check_against_loop([(3, 4), (5,), (0,), (70001,), (2, 2, 3)], "cpu")
+
+
+def test_model_shape_lists_match_torchvision_counts():
+    import math
+
+    counts = {k: (len(f()), sum(math.prod(s) for s in f())) for k, f in MODELS.items()}
+    assert counts == {"resnet18": (62, 11_689_512), "resnet50": (161, 25_557_032), "vit_b_16": (152, 86_567_656)}
+
+
+def test_benchmark_writes_json_and_markdown(tmp_path):
+    result = bench.main(["--device", "cpu", "--reps", "1", "--models", "resnet18", "--no-sweep", "--out",
+                         str(tmp_path)])
+    assert {r["op"] for r in result["rows"]} == {"penalty", "mas", "ewc", "si"}
+    assert all(r["median_ms"] > 0 for r in result["rows"])
+    assert len(list(tmp_path.glob("state_ops_*.json"))) == 1
+    assert len(list(tmp_path.glob("state_ops_*.md"))) == 1
