@@ -186,18 +186,6 @@ struct CpuRunner {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clfast, CPU, m) {
-  m.impl("quad_penalty", &quad_penalty_impl<CpuRunner>);
-  m.impl("quad_penalty_backward", &quad_penalty_backward_impl<CpuRunner>);
-  m.impl("quad_penalty_grad_", &quad_penalty_grad_impl<CpuRunner>);
-  m.impl("mas_importance_update_", &mas_importance_update_impl<CpuRunner>);
-  m.impl("ema_sq_update_", &ema_sq_update_impl<CpuRunner>);
-  m.impl("path_integral_update_", &path_integral_update_impl<CpuRunner>);
-  m.impl("rwalk_score_update_", &rwalk_score_update_impl<CpuRunner>);
-  m.impl("si_consolidate_", &si_consolidate_impl<CpuRunner>);
-  m.impl("state_max", &state_max_impl<CpuRunner>);
-  m.impl("rwalk_penalty_weights", &rwalk_penalty_weights_impl<CpuRunner>);
-  m.impl("nonfinite_flags", &nonfinite_flags_impl<CpuRunner>);
-}
+TORCH_LIBRARY_IMPL(clfast, CPU, m) { CLFAST_REGISTER_STATE_OPS(m, CpuRunner); }
 
 }  // namespace clfast

@@ -358,18 +358,6 @@ struct CudaRunner {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clfast, CUDA, m) {
-  m.impl("quad_penalty", &quad_penalty_impl<CudaRunner>);
-  m.impl("quad_penalty_backward", &quad_penalty_backward_impl<CudaRunner>);
-  m.impl("quad_penalty_grad_", &quad_penalty_grad_impl<CudaRunner>);
-  m.impl("mas_importance_update_", &mas_importance_update_impl<CudaRunner>);
-  m.impl("ema_sq_update_", &ema_sq_update_impl<CudaRunner>);
-  m.impl("path_integral_update_", &path_integral_update_impl<CudaRunner>);
-  m.impl("rwalk_score_update_", &rwalk_score_update_impl<CudaRunner>);
-  m.impl("si_consolidate_", &si_consolidate_impl<CudaRunner>);
-  m.impl("state_max", &state_max_impl<CudaRunner>);
-  m.impl("rwalk_penalty_weights", &rwalk_penalty_weights_impl<CudaRunner>);
-  m.impl("nonfinite_flags", &nonfinite_flags_impl<CudaRunner>);
-}
+TORCH_LIBRARY_IMPL(clfast, CUDA, m) { CLFAST_REGISTER_STATE_OPS(m, CudaRunner); }
 
 }  // namespace clfast

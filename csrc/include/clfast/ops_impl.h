@@ -225,3 +225,19 @@ at::Tensor nonfinite_flags_impl(at::TensorList tensors) {
 }
 
 }  // namespace clfast
+
+// Registers every state op for one device: the single list shared by csrc/cpu and csrc/cuda.
+#define CLFAST_REGISTER_STATE_OPS(m, Runner)                                            \
+  do {                                                                                  \
+    (m).impl("quad_penalty", &::clfast::quad_penalty_impl<Runner>);                     \
+    (m).impl("quad_penalty_backward", &::clfast::quad_penalty_backward_impl<Runner>);   \
+    (m).impl("quad_penalty_grad_", &::clfast::quad_penalty_grad_impl<Runner>);          \
+    (m).impl("mas_importance_update_", &::clfast::mas_importance_update_impl<Runner>);  \
+    (m).impl("ema_sq_update_", &::clfast::ema_sq_update_impl<Runner>);                  \
+    (m).impl("path_integral_update_", &::clfast::path_integral_update_impl<Runner>);    \
+    (m).impl("rwalk_score_update_", &::clfast::rwalk_score_update_impl<Runner>);        \
+    (m).impl("si_consolidate_", &::clfast::si_consolidate_impl<Runner>);                \
+    (m).impl("state_max", &::clfast::state_max_impl<Runner>);                           \
+    (m).impl("rwalk_penalty_weights", &::clfast::rwalk_penalty_weights_impl<Runner>);   \
+    (m).impl("nonfinite_flags", &::clfast::nonfinite_flags_impl<Runner>);               \
+  } while (0)
