@@ -120,3 +120,42 @@ def rwalk_penalty_weights(fisher: Tensor, scores: Tensor) -> Tensor:
 
 def nonfinite_flags(tensors: Sequence[Tensor]) -> Tensor:
     return torch.tensor([bool((~torch.isfinite(t)).any()) for t in tensors], dtype=torch.bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch Renormalization: Avalanche's BatchRenorm2D formula (avalanche-semantics.md §5.2) in eager ops.
+# Per-channel tensors are 1-D (C,); r and d are detached, so autograd gives §5.4's backward.
+# ---------------------------------------------------------------------------------------------
+
+
+def _per_channel(t: Tensor, x: Tensor) -> Tensor:
+    return t.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+def batch_renorm_forward(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_std: Tensor,
+                         r_max: float, d_max: float, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Training forward in eager ops: returns (y, batch mean, batch std with eps, r, d)."""
+    dims = [0, *range(2, x.dim())]
+    mean = x.mean(dims)
+    std = torch.sqrt(x.var(dims, unbiased=False) + eps)
+    r = (std.detach() / running_std).clamp(1.0 / r_max, r_max)
+    d = ((mean.detach() - running_mean) / running_std).clamp(-d_max, d_max)
+    xhat = (x - _per_channel(mean, x)) / _per_channel(std, x) * _per_channel(r, x) + _per_channel(d, x)
+    return _per_channel(weight, x) * xhat + _per_channel(bias, x), mean, std, r, d
+
+
+def batch_renorm_eval(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_std: Tensor) -> Tensor:
+    """Eval forward: weight (x - running_mean) / running_std + bias."""
+    return _per_channel(weight, x) * (x - _per_channel(running_mean, x)) / _per_channel(running_std, x) + \
+        _per_channel(bias, x)
+
+
+def batch_renorm_update(running_mean: Tensor, running_std: Tensor, r_max: float, d_max: float, batch_mean: Tensor,
+                        batch_std: Tensor, momentum: float, r_max_inc: float, d_max_inc: float, max_r_max: float,
+                        max_d_max: float) -> tuple[Tensor, Tensor, float, float]:
+    """Running statistics and limits after a training step (new values; nothing is modified)."""
+    new_mean = running_mean + momentum * (batch_mean - running_mean)
+    new_std = running_std + momentum * (batch_std - running_std)
+    new_r = r_max + r_max_inc if r_max < max_r_max else r_max
+    new_d = d_max + d_max_inc if d_max < max_d_max else d_max
+    return new_mean, new_std, new_r, new_d

@@ -382,3 +382,9 @@ def si_consolidate_(
 
 
 _check = check_finite
+
+
+# Batch Renormalization ops live in their own module; importing it registers their fakes and autograd.
+from ._brn_ops import batch_renorm_eval, batch_renorm_train, batch_renorm_update_  # noqa: E402
+
+__all__ += ["batch_renorm_eval", "batch_renorm_train", "batch_renorm_update_"]

@@ -41,4 +41,28 @@ TORCH_LIBRARY(clfast, m) {
   m.def("rwalk_penalty_weights(Tensor fisher, Tensor scores) -> Tensor");
   // One bool per tensor: does it hold a NaN or an infinity?
   m.def("nonfinite_flags(Tensor[] tensors) -> Tensor");
+
+  // Batch Renormalization (Ioffe 2017; avalanche-semantics.md §5); fakes and autograd in clfast/_brn_ops.py.
+  m.set_python_module("clfast._brn_ops");
+  // input: (N, C, *), NCHW-contiguous or
+  // channels-last, float32/float64/float16/bfloat16. Per-channel tensors (C elements; r_max, d_max: 1) share
+  // one dtype, float32 or float64 (the statistics dtype).
+  // Training forward -> (y, batch mean, batch std = sqrt(biased var + eps), r, d); r, d are stop-gradient.
+  m.def(
+      "batch_renorm_forward(Tensor input, Tensor weight, Tensor bias, Tensor running_mean, Tensor running_std, "
+      "Tensor r_max, Tensor d_max, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // After a training forward: running mean/std move towards the batch's by `momentum`; r_max += r_max_inc
+  // while r_max < max_r_max, and the same for d_max (Avalanche's per-sample ramp: inc = step * batch size).
+  m.def(
+      "batch_renorm_update_(Tensor(a!) running_mean, Tensor(b!) running_std, Tensor(c!) r_max, Tensor(d!) d_max, "
+      "Tensor batch_mean, Tensor batch_std, float momentum, float r_max_inc, float d_max_inc, float max_r_max, "
+      "float max_d_max) -> ()");
+  // Eval forward: y = weight (x - running_mean) / running_std + bias.
+  m.def(
+      "batch_renorm_eval(Tensor input, Tensor weight, Tensor bias, Tensor running_mean, Tensor running_std) -> Tensor");
+  // Backward of either forward -> (grad_input, grad_weight, grad_bias). train: mean/std are the batch's and the
+  // gradient flows through them; otherwise they are constants (eval: running stats, r = 1, d = 0).
+  m.def(
+      "batch_renorm_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor mean, Tensor std, Tensor r, "
+      "Tensor d, bool train) -> (Tensor, Tensor, Tensor)");
 }

@@ -39,6 +39,33 @@ def _opcheck_samples():
         ("state_max", (x,)),
         ("rwalk_penalty_weights", (imp, x)),
         ("nonfinite_flags", (P,)),
+        *_brn_samples(),
+    ]
+
+
+def _brn_samples():
+    g = torch.Generator().manual_seed(7)
+    C = 3
+    x = torch.randn(4, C, 5, 6, generator=g)
+    w, b = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g)
+    rm, rs = torch.randn(C, generator=g), torch.rand(C, generator=g) + 0.5
+    r_max, d_max = torch.tensor(1.5), torch.tensor(0.3)
+    mean, std = x.mean((0, 2, 3)), (x.var((0, 2, 3), unbiased=False) + 1e-5).sqrt()
+    r, d = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g) * 0.1
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+    xcl = x.to(memory_format=torch.channels_last)
+    return [
+        ("batch_renorm_forward", (x, w, b, rm, rs, r_max, d_max, 1e-5)),
+        ("batch_renorm_forward", (xg, wg, bg, rm, rs, r_max, d_max, 1e-5)),
+        ("batch_renorm_forward", (xcl.clone().requires_grad_(), wg, bg, rm, rs, r_max, d_max, 1e-5)),
+        ("batch_renorm_forward", (torch.randn(6, C, generator=g, requires_grad=True), wg, bg, rm, rs, r_max, d_max,
+                                  1e-5)),
+        ("batch_renorm_eval", (xg, wg, bg, rm, rs)),
+        ("batch_renorm_eval", (xcl, w, b, rm, rs)),
+        ("batch_renorm_backward", (torch.randn_like(x), x, w, mean, std, r, d, True)),
+        ("batch_renorm_backward", (torch.randn_like(x), xcl, w, rm, rs, torch.ones(C), torch.zeros(C), False)),
+        ("batch_renorm_update_", (rm.clone(), rs.clone(), r_max.clone(), d_max.clone(), mean, std, 0.01, 0.1,
+                                  0.1, 3.0, 5.0)),
     ]
 
 
