@@ -5,15 +5,18 @@
 // thread count. Interleaved (channels-last, or no spatial extent) input: fixed-size row chunks produce
 // per-channel partial sums that are combined in chunk order, again independent of the thread count.
 //
-// Statistics: sums of (x - K) and (x - K)^2 in double, with K the channel's first element (a shifted
-// single pass: exact for constant channels and free of the catastrophic cancellation of raw moments).
+// Statistics: sums of (x - K) and (x - K)^2, with K the channel's first element (a shifted
+// single pass: exact for constant channels and free of the catastrophic cancellation of raw moments),
+// in double; float32 input sums blocks of at most 1024 elements in float lanes first (brn_simd.cpp).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "clfast/batch_renorm.h"
+#include "clfast/brn_cpu_simd.h"
 #include "clfast/brn_ops_impl.h"
 #include "clfast/dispatch.h"
 
@@ -23,20 +26,21 @@ namespace {
 constexpr int kLanes = 8;
 constexpr int64_t kChunkElems = int64_t{1} << 15;  // interleaved: rows per chunk = kChunkElems / C
 
-// Σ (x - K) and Σ (x - K)^2 over n contiguous elements, added to s and ss.
-template <typename T>
-void add_shifted_sums(const T* p, int64_t n, double K, double& s, double& ss) {
+// ---- generic inner loops (any activation type T, arithmetic type A; sums in double) ------------------
+
+template <typename T, typename A>
+void shifted_sums(const T* p, int64_t n, A K, double& s, double& ss) {
   double a[kLanes] = {}, b[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int u = 0; u < kLanes; ++u) {
-      const double v = static_cast<double>(p[i + u]) - K;
+      const double v = static_cast<double>(static_cast<A>(p[i + u]) - K);
       a[u] += v;
       b[u] += v * v;
     }
   }
   for (; i < n; ++i) {
-    const double v = static_cast<double>(p[i]) - K;
+    const double v = static_cast<double>(static_cast<A>(p[i]) - K);
     a[0] += v;
     b[0] += v * v;
   }
@@ -46,22 +50,21 @@ void add_shifted_sums(const T* p, int64_t n, double K, double& s, double& ss) {
   }
 }
 
-// Σ g and Σ g (x - center) over n contiguous elements, added to sg and sgc.
-template <typename T>
-void add_grad_sums(const T* g, const T* x, int64_t n, double center, double& sg, double& sgc) {
+template <typename T, typename A>
+void grad_sums(const T* g, const T* x, int64_t n, A center, double& sg, double& sgc) {
   double a[kLanes] = {}, b[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int u = 0; u < kLanes; ++u) {
       const double gv = static_cast<double>(g[i + u]);
       a[u] += gv;
-      b[u] += gv * (static_cast<double>(x[i + u]) - center);
+      b[u] += gv * static_cast<double>(static_cast<A>(x[i + u]) - center);
     }
   }
   for (; i < n; ++i) {
     const double gv = static_cast<double>(g[i]);
     a[0] += gv;
-    b[0] += gv * (static_cast<double>(x[i]) - center);
+    b[0] += gv * static_cast<double>(static_cast<A>(x[i]) - center);
   }
   for (int u = 0; u < kLanes; ++u) {
     sg += a[u];
@@ -70,16 +73,83 @@ void add_grad_sums(const T* g, const T* x, int64_t n, double center, double& sg,
 }
 
 template <typename T, typename A>
-void apply_affine(const T* x, T* y, int64_t n, Affine<A> f) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>((static_cast<A>(x[i]) - f.center) * f.scale + f.shift);
+void affine(const T* x, T* y, int64_t n, A center, A scale, A shift) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>((static_cast<A>(x[i]) - center) * scale + shift);
 }
 
 template <typename T, typename A>
-void apply_dx(const T* g, const T* x, T* dx, int64_t n, const BackwardChannel<A>& k) {
+void dx_run(const T* g, const T* x, T* out, int64_t n, A a, A b, A center, A c) {
   for (int64_t i = 0; i < n; ++i) {
-    dx[i] = static_cast<T>(k.a * static_cast<A>(g[i]) + k.b * (static_cast<A>(x[i]) - k.center) + k.c);
+    out[i] = static_cast<T>(a * static_cast<A>(g[i]) + b * (static_cast<A>(x[i]) - center) + c);
   }
 }
+
+template <typename T, typename A>
+void rows_shifted_sums(const T* x, int64_t rows, int64_t C, const A* K, double* s, double* ss) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < C; ++c) {
+      const double v = static_cast<double>(static_cast<A>(x[r * C + c]) - K[c]);
+      s[c] += v;
+      ss[c] += v * v;
+    }
+  }
+}
+
+template <typename T, typename A>
+void rows_grad_sums(const T* g, const T* x, int64_t rows, int64_t C, const A* center, double* sg, double* sgc) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < C; ++c) {
+      const double gv = static_cast<double>(g[r * C + c]);
+      sg[c] += gv;
+      sgc[c] += gv * static_cast<double>(static_cast<A>(x[r * C + c]) - center[c]);
+    }
+  }
+}
+
+template <typename T, typename A>
+void rows_affine(const T* x, T* y, int64_t rows, int64_t C, const A* center, const A* scale, const A* shift) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < C; ++c) {
+      y[r * C + c] = static_cast<T>((static_cast<A>(x[r * C + c]) - center[c]) * scale[c] + shift[c]);
+    }
+  }
+}
+
+template <typename T, typename A>
+void rows_dx(const T* g, const T* x, T* out, int64_t rows, int64_t C, const A* a, const A* b, const A* center,
+             const A* c) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t k = 0; k < C; ++k) {
+      const int64_t i = r * C + k;
+      out[i] = static_cast<T>(a[k] * static_cast<A>(g[i]) + b[k] * (static_cast<A>(x[i]) - center[k]) + c[k]);
+    }
+  }
+}
+
+// float32 activations with float32 arithmetic take the ISA-cloned loops of brn_simd.cpp.
+template <typename T, typename A>
+constexpr bool kSimd = std::is_same_v<T, float> && std::is_same_v<A, float>;
+
+#define CLFAST_BRN_CALL(name, T, A, ...)           \
+  do {                                             \
+    if constexpr (kSimd<T, A>) {                   \
+      simd::name(__VA_ARGS__);                     \
+    } else {                                       \
+      name<T, A>(__VA_ARGS__);                     \
+    }                                              \
+  } while (0)
+
+// Per-channel affine coefficients, structure of arrays (so the row loops vectorise).
+template <typename A>
+struct AffineSoA {
+  std::vector<A> center, scale, shift;
+  explicit AffineSoA(int64_t C) : center(C), scale(C), shift(C) {}
+  void set(int64_t c, const Affine<A>& f) {
+    center[c] = f.center;
+    scale[c] = f.scale;
+    shift[c] = f.shift;
+  }
+};
 
 // mean and biased variance from shifted sums over m elements.
 inline void moments(double K, double s, double ss, double m, double& mean, double& var) {
@@ -88,24 +158,19 @@ inline void moments(double K, double s, double ss, double m, double& mean, doubl
   var = std::max(ss / m - ms * ms, 0.0);
 }
 
-// Interleaved (rows x C) layout: per-channel sums of f over fixed row chunks, combined in chunk order.
-// f(row_ptr_x, row_ptr_g, c, acc0, acc1) adds one element's contribution.
-template <typename T, typename F>
-void interleaved_sums(const T* x, const T* g, int64_t rows, int64_t C, std::vector<double>& s0,
-                      std::vector<double>& s1, const F& f) {
-  const int64_t chunk = std::max<int64_t>(1, kChunkElems / C);
+int64_t chunk_rows(int64_t C) { return std::max<int64_t>(1, kChunkElems / C); }
+
+// Interleaved layout: per-channel sums over fixed row chunks (fn(row0, nrows, s0, s1) adds a chunk's
+// contribution to the chunk's own partial arrays), combined in chunk order.
+template <typename F>
+void chunked_channel_sums(int64_t rows, int64_t C, std::vector<double>& s0, std::vector<double>& s1, const F& fn) {
+  const int64_t chunk = chunk_rows(C);
   const int64_t nchunks = (rows + chunk - 1) / chunk;
   std::vector<double> p0(static_cast<size_t>(nchunks * C), 0.0), p1(static_cast<size_t>(nchunks * C), 0.0);
   at::parallel_for(0, nchunks, 1, [&](int64_t kb, int64_t ke) {
     for (int64_t k = kb; k < ke; ++k) {
-      double* a = p0.data() + k * C;
-      double* b = p1.data() + k * C;
-      const int64_t r1 = std::min(rows, (k + 1) * chunk);
-      for (int64_t r = k * chunk; r < r1; ++r) {
-        const T* xr = x + r * C;
-        const T* gr = g == nullptr ? nullptr : g + r * C;
-        for (int64_t c = 0; c < C; ++c) f(xr, gr, c, a[c], b[c]);
-      }
+      const int64_t r0 = k * chunk;
+      fn(r0, std::min(rows, r0 + chunk) - r0, p0.data() + k * C, p1.data() + k * C);
     }
   });
   s0.assign(static_cast<size_t>(C), 0.0);
@@ -118,12 +183,12 @@ void interleaved_sums(const T* x, const T* g, int64_t rows, int64_t C, std::vect
   }
 }
 
-// Interleaved elementwise pass over rows: f(row, c) for every element, parallel over fixed row chunks.
+// Interleaved elementwise pass: fn(row0, nrows) over fixed row chunks in parallel.
 template <typename F>
-void interleaved_apply(int64_t rows, int64_t C, const F& f) {
-  const int64_t chunk = std::max<int64_t>(1, kChunkElems / C);
-  at::parallel_for(0, rows, chunk, [&](int64_t rb, int64_t re) {
-    for (int64_t r = rb; r < re; ++r) f(r);
+void chunked_rows(int64_t rows, int64_t C, const F& fn) {
+  const int64_t chunk = chunk_rows(C);
+  at::parallel_for(0, (rows + chunk - 1) / chunk, 1, [&](int64_t kb, int64_t ke) {
+    for (int64_t k = kb; k < ke; ++k) fn(k * chunk, std::min(rows, (k + 1) * chunk) - k * chunk);
   });
 }
 
@@ -148,7 +213,10 @@ void train_forward_typed(const Layout& l, const at::Tensor& weight, const at::Te
   const int64_t C = l.C, S = l.S, N = l.N;
   const double m = static_cast<double>(l.per_channel());
 
-  auto finish = [&](int64_t c, double mu, double var) {
+  // Statistics of channel c from its shifted sums -> saved tensors and the affine coefficients.
+  auto finish = [&](int64_t c, double K, double s, double ss) {
+    double mu, var;
+    moments(K, s, ss, m, mu, var);
     const TrainChannel<A> t = train_channel<A>(static_cast<A>(mu), static_cast<A>(var), static_cast<A>(eps),
                                                static_cast<A>(rm[c]), static_cast<A>(rs[c]), r_max, d_max,
                                                static_cast<A>(w[c]), static_cast<A>(b[c]));
@@ -162,34 +230,29 @@ void train_forward_typed(const Layout& l, const at::Tensor& weight, const at::Te
   if (!l.interleaved) {
     at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
       for (int64_t c = cb; c < ce; ++c) {
-        const double K = static_cast<double>(x[c * S]);
+        const A K = static_cast<A>(x[c * S]);
         double s = 0.0, ss = 0.0;
-        for (int64_t n = 0; n < N; ++n) add_shifted_sums(x + (n * C + c) * S, S, K, s, ss);
-        double mu, var;
-        moments(K, s, ss, m, mu, var);
-        const Affine<A> f = finish(c, mu, var);
-        for (int64_t n = 0; n < N; ++n) apply_affine(x + (n * C + c) * S, out + (n * C + c) * S, S, f);
+        for (int64_t n = 0; n < N; ++n) CLFAST_BRN_CALL(shifted_sums, T, A, x + (n * C + c) * S, S, K, s, ss);
+        const Affine<A> f = finish(c, static_cast<double>(K), s, ss);
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t off = (n * C + c) * S;
+          CLFAST_BRN_CALL(affine, T, A, x + off, out + off, S, f.center, f.scale, f.shift);
+        }
       }
     });
     return;
   }
-  std::vector<double> K(static_cast<size_t>(C)), s, ss;
-  for (int64_t c = 0; c < C; ++c) K[c] = static_cast<double>(x[c]);
-  interleaved_sums<T>(x, nullptr, N, C, s, ss, [&](const T* xr, const T*, int64_t c, double& a, double& q) {
-    const double v = static_cast<double>(xr[c]) - K[c];
-    a += v;
-    q += v * v;
+  std::vector<A> K(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) K[c] = static_cast<A>(x[c]);
+  std::vector<double> s, ss;
+  chunked_channel_sums(N, C, s, ss, [&](int64_t r0, int64_t nr, double* ps, double* pss) {
+    CLFAST_BRN_CALL(rows_shifted_sums, T, A, x + r0 * C, nr, C, K.data(), ps, pss);
   });
-  std::vector<Affine<A>> f(static_cast<size_t>(C));
-  for (int64_t c = 0; c < C; ++c) {
-    double mu, var;
-    moments(K[c], s[c], ss[c], m, mu, var);
-    f[c] = finish(c, mu, var);
-  }
-  interleaved_apply(N, C, [&](int64_t row) {
-    const T* xr = x + row * C;
-    T* yr = out + row * C;
-    for (int64_t c = 0; c < C; ++c) yr[c] = static_cast<T>((static_cast<A>(xr[c]) - f[c].center) * f[c].scale + f[c].shift);
+  AffineSoA<A> f(C);
+  for (int64_t c = 0; c < C; ++c) f.set(c, finish(c, static_cast<double>(K[c]), s[c], ss[c]));
+  chunked_rows(N, C, [&](int64_t r0, int64_t nr) {
+    CLFAST_BRN_CALL(rows_affine, T, A, x + r0 * C, out + r0 * C, nr, C, f.center.data(), f.scale.data(),
+                    f.shift.data());
   });
 }
 
@@ -204,20 +267,23 @@ void eval_forward_typed(const Layout& l, const at::Tensor& weight, const at::Ten
   const P* rm = run_mean.const_data_ptr<P>();
   const P* rs = run_std.const_data_ptr<P>();
   const int64_t C = l.C, S = l.S, N = l.N;
-  std::vector<Affine<A>> f(static_cast<size_t>(C));
+  AffineSoA<A> f(C);
   for (int64_t c = 0; c < C; ++c) {
-    f[c] = eval_channel<A>(static_cast<A>(rm[c]), static_cast<A>(rs[c]), static_cast<A>(w[c]), static_cast<A>(b[c]));
+    f.set(c, eval_channel<A>(static_cast<A>(rm[c]), static_cast<A>(rs[c]), static_cast<A>(w[c]),
+                             static_cast<A>(b[c])));
   }
   if (!l.interleaved) {
     at::parallel_for(0, N * C, std::max<int64_t>(1, kChunkElems / S), [&](int64_t pb, int64_t pe) {
-      for (int64_t p = pb; p < pe; ++p) apply_affine(x + p * S, out + p * S, S, f[p % C]);
+      for (int64_t p = pb; p < pe; ++p) {
+        const int64_t c = p % C;
+        CLFAST_BRN_CALL(affine, T, A, x + p * S, out + p * S, S, f.center[c], f.scale[c], f.shift[c]);
+      }
     });
     return;
   }
-  interleaved_apply(N, C, [&](int64_t row) {
-    const T* xr = x + row * C;
-    T* yr = out + row * C;
-    for (int64_t c = 0; c < C; ++c) yr[c] = static_cast<T>((static_cast<A>(xr[c]) - f[c].center) * f[c].scale + f[c].shift);
+  chunked_rows(N, C, [&](int64_t r0, int64_t nr) {
+    CLFAST_BRN_CALL(rows_affine, T, A, x + r0 * C, out + r0 * C, nr, C, f.center.data(), f.scale.data(),
+                    f.shift.data());
   });
 }
 
@@ -252,35 +318,41 @@ void backward_typed(const Layout& l, const at::Tensor& grad, const at::Tensor& w
   if (!l.interleaved) {
     at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
       for (int64_t c = cb; c < ce; ++c) {
-        const double center = static_cast<double>(mean[c]);
+        const A center = static_cast<A>(mean[c]);
         double sg = 0.0, sgc = 0.0;
         for (int64_t n = 0; n < N; ++n) {
           const int64_t off = (n * C + c) * S;
-          add_grad_sums(g + off, x + off, S, center, sg, sgc);
+          CLFAST_BRN_CALL(grad_sums, T, A, g + off, x + off, S, center, sg, sgc);
         }
         const BackwardChannel<A> k = finish(c, sg, sgc);
         for (int64_t n = 0; n < N; ++n) {
           const int64_t off = (n * C + c) * S;
-          apply_dx(g + off, x + off, dx + off, S, k);
+          if constexpr (kSimd<T, A>) {
+            simd::dx(g + off, x + off, dx + off, S, k.a, k.b, k.center, k.c);
+          } else {
+            dx_run<T, A>(g + off, x + off, dx + off, S, k.a, k.b, k.center, k.c);
+          }
         }
       }
     });
     return;
   }
+  std::vector<A> center(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) center[c] = static_cast<A>(mean[c]);
   std::vector<double> sg, sgc;
-  interleaved_sums<T>(x, g, N, C, sg, sgc, [&](const T* xr, const T* gr, int64_t c, double& a, double& q) {
-    const double gv = static_cast<double>(gr[c]);
-    a += gv;
-    q += gv * (static_cast<double>(xr[c]) - static_cast<double>(mean[c]));
+  chunked_channel_sums(N, C, sg, sgc, [&](int64_t r0, int64_t nr, double* a, double* q) {
+    CLFAST_BRN_CALL(rows_grad_sums, T, A, g + r0 * C, x + r0 * C, nr, C, center.data(), a, q);
   });
-  std::vector<BackwardChannel<A>> k(static_cast<size_t>(C));
-  for (int64_t c = 0; c < C; ++c) k[c] = finish(c, sg[c], sgc[c]);
-  interleaved_apply(N, C, [&](int64_t row) {
-    const int64_t off = row * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const BackwardChannel<A>& q = k[c];
-      dx[off + c] = static_cast<T>(q.a * static_cast<A>(g[off + c]) + q.b * (static_cast<A>(x[off + c]) - q.center) + q.c);
-    }
+  std::vector<A> ka(static_cast<size_t>(C)), kb(static_cast<size_t>(C)), kc(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    const BackwardChannel<A> k = finish(c, sg[c], sgc[c]);
+    ka[c] = k.a;
+    kb[c] = k.b;
+    kc[c] = k.c;
+  }
+  chunked_rows(N, C, [&](int64_t r0, int64_t nr) {
+    CLFAST_BRN_CALL(rows_dx, T, A, g + r0 * C, x + r0 * C, dx + r0 * C, nr, C, ka.data(), kb.data(), center.data(),
+                    kc.data());
   });
 }
 

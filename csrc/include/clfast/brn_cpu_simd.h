@@ -1,0 +1,25 @@
+// float32 inner loops of the CPU Batch Renormalization kernels, compiled for several x86 ISAs
+// (csrc/cpu/brn_simd.cpp, chosen at load time by the dynamic loader). Other dtypes use the generic
+// templates of csrc/cpu/batch_renorm.cpp.
+#pragma once
+
+#include <cstdint>
+
+namespace clfast::brn::simd {
+
+// Contiguous run of n elements of one channel.
+void shifted_sums(const float* x, int64_t n, float K, double& s, double& ss);  // Σ(x-K), Σ(x-K)^2
+void grad_sums(const float* g, const float* x, int64_t n, float center, double& sg, double& sgc);  // Σg, Σg(x-c)
+void affine(const float* x, float* y, int64_t n, float center, float scale, float shift);
+void dx(const float* g, const float* x, float* out, int64_t n, float a, float b, float center, float c);
+
+// `rows` rows of C interleaved channels; per-channel arrays of length C.
+void rows_shifted_sums(const float* x, int64_t rows, int64_t C, const float* K, double* s, double* ss);
+void rows_grad_sums(const float* g, const float* x, int64_t rows, int64_t C, const float* center, double* sg,
+                    double* sgc);
+void rows_affine(const float* x, float* y, int64_t rows, int64_t C, const float* center, const float* scale,
+                 const float* shift);
+void rows_dx(const float* g, const float* x, float* out, int64_t rows, int64_t C, const float* a, const float* b,
+             const float* center, const float* c);
+
+}  // namespace clfast::brn::simd
