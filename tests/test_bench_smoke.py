@@ -29,3 +29,14 @@ def test_benchmark_writes_json_and_markdown(tmp_path):
     assert all(r["median_ms"] > 0 for r in result["rows"])
     assert len(list(tmp_path.glob("state_ops_*.json"))) == 1
     assert len(list(tmp_path.glob("state_ops_*.md"))) == 1
+
+
+def test_batch_renorm_benchmark_agrees_and_writes_results(tmp_path):
+    import bench_batch_renorm as brn_bench
+
+    brn_bench.check_agreement("cpu")  # clfast vs the eager Avalanche formula, both memory formats
+    result = brn_bench.main(["--device", "cpu", "--reps", "1", "--only-issue-shapes", "--formats", "channels_last",
+                             "--out", str(tmp_path)])
+    assert {r["contender"] for r in result["rows"]} == {"clfast", "avalanche", "batchnorm"}
+    assert {r["phase"] for r in result["rows"]} == {"fwd", "fwd+bwd"}
+    assert len(list(tmp_path.glob("batch_renorm_*.json"))) == 1
