@@ -401,3 +401,19 @@ def test_module_under_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a.grad, b.grad, msg=n)
     for a, b in zip(eager.buffers(), compiled_model.buffers(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_statistics_survive_a_large_mean(layout, device):
+    # mean 1e4, std 1e-2: raw float32 moments (E[x²] − E[x]²) would lose every digit of the variance.
+    g = torch.Generator().manual_seed(9)
+    x64 = 1e4 + 1e-2 * torch.randn(16, 5, 20, 20, generator=g, dtype=torch.float64)
+    x = _layout(x64.float(), layout).to(device)
+    one = torch.ones(5, device=device)
+    lim = torch.tensor(3.0, device=device)
+    _, mean, std, _, _ = ops.batch_renorm_train(x, one, one * 0, one * 0, one, lim, lim, 1e-12)
+    xf = x.double().cpu()  # the float32 values the kernel saw, in float64
+    ref_std = (xf.var((0, 2, 3), unbiased=False) + 1e-12).sqrt()
+    torch.testing.assert_close(std.double().cpu(), ref_std, rtol=1e-4, atol=0)
+    torch.testing.assert_close(mean.double().cpu(), xf.mean((0, 2, 3)), rtol=1e-7, atol=0)
