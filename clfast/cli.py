@@ -1,4 +1,5 @@
-"""The ``clfast`` command line. ``clfast info`` reports the build; ``clfast bench`` runs the op benchmark."""
+"""The ``clfast`` command line: ``clfast train`` runs a continual-learning stream, ``clfast info`` reports the
+build, ``clfast bench`` runs the op benchmark."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="torch version, compiled devices and CUDA architectures")
     bench = sub.add_parser("bench", help="run benchmarks/bench_state_ops.py (from a source checkout)")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
+    from .cli_train import add_train_parser, run_train
+
+    train = add_train_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return run_train(args, train)
     if args.command == "info":
         from ._info import format_info
 

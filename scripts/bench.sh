@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job (until the training CLI exists): install clfast, then run the state-op benchmark.
+# Install clfast, then run the state-op benchmark (bench_batch_renorm.py is run by hand, see README).
 # Extra arguments go to benchmarks/bench_state_ops.py (e.g. --quick, --compile, --device cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."
