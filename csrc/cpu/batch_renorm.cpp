@@ -1,9 +1,8 @@
 // CPU kernels of the Batch Renormalization ops (math in clfast/batch_renorm.h, checks in brn_ops_impl.h).
 //
-// Planar (NCHW) input: one task per channel does the whole channel (statistics pass, then the
-// elementwise pass while the channel is still in cache), so a channel's result never depends on the
-// thread count. Interleaved (channels-last, or no spatial extent) input: fixed-size row chunks produce
-// per-channel partial sums that are combined in chunk order, again independent of the thread count.
+// Planar (NCHW) input: per-plane partial sums over the planes in memory order, combined per channel in
+// plane order. Interleaved (channels-last, or no spatial extent) input: fixed-size row chunks produce
+// per-channel partial sums combined in chunk order. Either way a result never depends on the thread count.
 //
 // Statistics: sums of (x - K) and (x - K)^2, with K the channel's first element (a shifted
 // single pass: exact for constant channels and free of the catastrophic cancellation of raw moments),
@@ -29,7 +28,7 @@ constexpr int64_t kChunkElems = int64_t{1} << 15;  // interleaved: rows per chun
 // ---- generic inner loops (any activation type T, arithmetic type A; sums in double) ------------------
 
 template <typename T, typename A>
-void shifted_sums(const T* p, int64_t n, A K, double& s, double& ss) {
+void shifted_sums_run(const T* p, int64_t n, A K, double& s, double& ss) {
   double a[kLanes] = {}, b[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -51,7 +50,7 @@ void shifted_sums(const T* p, int64_t n, A K, double& s, double& ss) {
 }
 
 template <typename T, typename A>
-void grad_sums(const T* g, const T* x, int64_t n, A center, double& sg, double& sgc) {
+void grad_sums_run(const T* g, const T* x, int64_t n, A center, double& sg, double& sgc) {
   double a[kLanes] = {}, b[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -73,7 +72,7 @@ void grad_sums(const T* g, const T* x, int64_t n, A center, double& sg, double& 
 }
 
 template <typename T, typename A>
-void affine(const T* x, T* y, int64_t n, A center, A scale, A shift) {
+void affine_run(const T* x, T* y, int64_t n, A center, A scale, A shift) {
   for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>((static_cast<A>(x[i]) - center) * scale + shift);
 }
 
@@ -81,6 +80,30 @@ template <typename T, typename A>
 void dx_run(const T* g, const T* x, T* out, int64_t n, A a, A b, A center, A c) {
   for (int64_t i = 0; i < n; ++i) {
     out[i] = static_cast<T>(a * static_cast<A>(g[i]) + b * (static_cast<A>(x[i]) - center) + c);
+  }
+}
+
+// Plane-batched forms (planes runs of S elements, stride apart), the signatures of brn_cpu_simd.h.
+template <typename T, typename A>
+void shifted_sums(const T* x, int64_t planes, int64_t stride, int64_t S, A K, double& s, double& ss) {
+  for (int64_t p = 0; p < planes; ++p) shifted_sums_run<T, A>(x + p * stride, S, K, s, ss);
+}
+
+template <typename T, typename A>
+void grad_sums(const T* g, const T* x, int64_t planes, int64_t stride, int64_t S, A center, double& sg,
+               double& sgc) {
+  for (int64_t p = 0; p < planes; ++p) grad_sums_run<T, A>(g + p * stride, x + p * stride, S, center, sg, sgc);
+}
+
+template <typename T, typename A>
+void affine(const T* x, T* y, int64_t planes, int64_t stride, int64_t S, A center, A scale, A shift) {
+  for (int64_t p = 0; p < planes; ++p) affine_run<T, A>(x + p * stride, y + p * stride, S, center, scale, shift);
+}
+
+template <typename T, typename A>
+void dx(const T* g, const T* x, T* out, int64_t planes, int64_t stride, int64_t S, A a, A b, A center, A c) {
+  for (int64_t p = 0; p < planes; ++p) {
+    dx_run<T, A>(g + p * stride, x + p * stride, out + p * stride, S, a, b, center, c);
   }
 }
 
@@ -192,6 +215,34 @@ void chunked_rows(int64_t rows, int64_t C, const F& fn) {
   });
 }
 
+// Planar layout: per-plane sums (fn(plane, channel, a, q) adds plane p's contribution), planes taken in
+// memory order in parallel, then combined per channel in plane order (independent of the thread count).
+// Streaming in memory order avoids the cache-set conflicts of walking one channel's planes C*S apart.
+template <typename F>
+void planar_channel_sums(int64_t N, int64_t C, int64_t S, std::vector<double>& s0, std::vector<double>& s1,
+                         const F& fn) {
+  std::vector<double> p0(static_cast<size_t>(N * C), 0.0), p1(static_cast<size_t>(N * C), 0.0);
+  at::parallel_for(0, N * C, std::max<int64_t>(1, kChunkElems / S), [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) fn(p, p % C, p0[p], p1[p]);
+  });
+  s0.assign(static_cast<size_t>(C), 0.0);
+  s1.assign(static_cast<size_t>(C), 0.0);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      s0[c] += p0[n * C + c];
+      s1[c] += p1[n * C + c];
+    }
+  }
+}
+
+// Planar elementwise pass: fn(plane, channel) over all planes in memory order, in parallel.
+template <typename F>
+void planar_apply(int64_t N, int64_t C, int64_t S, const F& fn) {
+  at::parallel_for(0, N * C, std::max<int64_t>(1, kChunkElems / S), [&](int64_t pb, int64_t pe) {
+    for (int64_t p = pb; p < pe; ++p) fn(p, p % C);
+  });
+}
+
 template <typename T, typename P>
 void train_forward_typed(const Layout& l, const at::Tensor& weight, const at::Tensor& bias,
                          const at::Tensor& run_mean, const at::Tensor& run_std, const at::Tensor& r_max_t,
@@ -228,17 +279,16 @@ void train_forward_typed(const Layout& l, const at::Tensor& weight, const at::Te
   };
 
   if (!l.interleaved) {
-    at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t c = cb; c < ce; ++c) {
-        const A K = static_cast<A>(x[c * S]);
-        double s = 0.0, ss = 0.0;
-        for (int64_t n = 0; n < N; ++n) CLFAST_BRN_CALL(shifted_sums, T, A, x + (n * C + c) * S, S, K, s, ss);
-        const Affine<A> f = finish(c, static_cast<double>(K), s, ss);
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t off = (n * C + c) * S;
-          CLFAST_BRN_CALL(affine, T, A, x + off, out + off, S, f.center, f.scale, f.shift);
-        }
-      }
+    std::vector<A> K(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) K[c] = static_cast<A>(x[c * S]);
+    std::vector<double> s, ss;
+    planar_channel_sums(N, C, S, s, ss, [&](int64_t p, int64_t c, double& a, double& q) {
+      CLFAST_BRN_CALL(shifted_sums, T, A, x + p * S, 1, S, S, K[c], a, q);
+    });
+    AffineSoA<A> f(C);
+    for (int64_t c = 0; c < C; ++c) f.set(c, finish(c, static_cast<double>(K[c]), s[c], ss[c]));
+    planar_apply(N, C, S, [&](int64_t p, int64_t c) {
+      CLFAST_BRN_CALL(affine, T, A, x + p * S, out + p * S, 1, S, S, f.center[c], f.scale[c], f.shift[c]);
     });
     return;
   }
@@ -273,11 +323,8 @@ void eval_forward_typed(const Layout& l, const at::Tensor& weight, const at::Ten
                              static_cast<A>(b[c])));
   }
   if (!l.interleaved) {
-    at::parallel_for(0, N * C, std::max<int64_t>(1, kChunkElems / S), [&](int64_t pb, int64_t pe) {
-      for (int64_t p = pb; p < pe; ++p) {
-        const int64_t c = p % C;
-        CLFAST_BRN_CALL(affine, T, A, x + p * S, out + p * S, S, f.center[c], f.scale[c], f.shift[c]);
-      }
+    planar_apply(N, C, S, [&](int64_t p, int64_t c) {
+      CLFAST_BRN_CALL(affine, T, A, x + p * S, out + p * S, 1, S, S, f.center[c], f.scale[c], f.shift[c]);
     });
     return;
   }
@@ -315,40 +362,35 @@ void backward_typed(const Layout& l, const at::Tensor& grad, const at::Tensor& w
     return k;
   };
 
-  if (!l.interleaved) {
-    at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t c = cb; c < ce; ++c) {
-        const A center = static_cast<A>(mean[c]);
-        double sg = 0.0, sgc = 0.0;
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t off = (n * C + c) * S;
-          CLFAST_BRN_CALL(grad_sums, T, A, g + off, x + off, S, center, sg, sgc);
-        }
-        const BackwardChannel<A> k = finish(c, sg, sgc);
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t off = (n * C + c) * S;
-          if constexpr (kSimd<T, A>) {
-            simd::dx(g + off, x + off, dx + off, S, k.a, k.b, k.center, k.c);
-          } else {
-            dx_run<T, A>(g + off, x + off, dx + off, S, k.a, k.b, k.center, k.c);
-          }
-        }
-      }
-    });
-    return;
-  }
   std::vector<A> center(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) center[c] = static_cast<A>(mean[c]);
   std::vector<double> sg, sgc;
-  chunked_channel_sums(N, C, sg, sgc, [&](int64_t r0, int64_t nr, double* a, double* q) {
-    CLFAST_BRN_CALL(rows_grad_sums, T, A, g + r0 * C, x + r0 * C, nr, C, center.data(), a, q);
-  });
+  if (!l.interleaved) {
+    planar_channel_sums(N, C, S, sg, sgc, [&](int64_t p, int64_t c, double& a, double& q) {
+      CLFAST_BRN_CALL(grad_sums, T, A, g + p * S, x + p * S, 1, S, S, center[c], a, q);
+    });
+  } else {
+    chunked_channel_sums(N, C, sg, sgc, [&](int64_t r0, int64_t nr, double* a, double* q) {
+      CLFAST_BRN_CALL(rows_grad_sums, T, A, g + r0 * C, x + r0 * C, nr, C, center.data(), a, q);
+    });
+  }
   std::vector<A> ka(static_cast<size_t>(C)), kb(static_cast<size_t>(C)), kc(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
     const BackwardChannel<A> k = finish(c, sg[c], sgc[c]);
     ka[c] = k.a;
     kb[c] = k.b;
     kc[c] = k.c;
+  }
+  if (!l.interleaved) {
+    planar_apply(N, C, S, [&](int64_t p, int64_t c) {
+      const int64_t off = p * S;
+      if constexpr (kSimd<T, A>) {
+        simd::dx(g + off, x + off, dx + off, 1, S, S, ka[c], kb[c], center[c], kc[c]);
+      } else {
+        brn::dx<T, A>(g + off, x + off, dx + off, 1, S, S, ka[c], kb[c], center[c], kc[c]);
+      }
+    });
+    return;
   }
   chunked_rows(N, C, [&](int64_t r0, int64_t nr) {
     CLFAST_BRN_CALL(rows_dx, T, A, g + r0 * C, x + r0 * C, dx + r0 * C, nr, C, ka.data(), kb.data(), center.data(),

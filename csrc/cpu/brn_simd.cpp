@@ -1,13 +1,14 @@
 // float32 inner loops of the CPU Batch Renormalization kernels (see brn_cpu_simd.h).
 //
-// Written so the compiler vectorises them without reassociating anything: sums are kept in kLanes
-// independent float accumulators over blocks of at most kFlush elements (or rows), then added into
-// double; elementwise loops have no cross-iteration dependence. On x86-64 with GCC/Clang each function
+// Sums are kept in independent float vector lanes (per channel, for the row forms) over blocks of about
+// kFlush elements (or rows), then added into double; elementwise loops have no cross-iteration
+// dependence, so the compiler vectorises them as written. On x86-64 with GCC/Clang each function
 // is cloned for AVX-512, AVX2 and the baseline ISA and picked at load time (target_clones), so one
 // binary runs everywhere and uses the wide units where they exist.
 #include "clfast/brn_cpu_simd.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
@@ -18,62 +19,116 @@
 
 namespace clfast::brn::simd {
 namespace {
-constexpr int kLanes = 16;
-constexpr int64_t kFlush = 1024;  // float partial sums cover at most this many elements (rows) before double
+constexpr int64_t kFlush = 1024;  // float partial sums cover about this many elements (rows) before double
 }  // namespace
 
-CLFAST_CLONES void shifted_sums(const float* x, int64_t n, float K, double& s, double& ss) {
-  for (int64_t b0 = 0; b0 < n; b0 += kFlush) {
-    const int64_t b1 = std::min(n, b0 + kFlush);
-    float a[kLanes] = {}, q[kLanes] = {};
-    int64_t i = b0;
-    for (; i + kLanes <= b1; i += kLanes) {
-      for (int u = 0; u < kLanes; ++u) {
-        const float v = x[i + u] - K;
-        a[u] += v;
-        q[u] += v * v;
-      }
+// Sums use GCC/Clang vector types: two 8-float accumulators per quantity (the compiler left alone
+// turned the 16-lane array form into shuffles). Float lane sums are flushed into double after about
+// kFlush elements (whole planes at a time); the last S % 8 elements of a plane go straight to double.
+typedef float v8 __attribute__((vector_size(32)));
+
+namespace {
+inline v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline double hsum(v8 v) {
+  double s = 0.0;
+  for (int i = 0; i < 8; ++i) s += v[i];
+  return s;
+}
+}  // namespace
+
+CLFAST_CLONES void shifted_sums(const float* x, int64_t planes, int64_t stride, int64_t S, float K, double& s,
+                                double& ss) {
+  const v8 kk = v8{} + K;
+  v8 a0{}, a1{}, q0{}, q1{};
+  int64_t pending = 0;
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* xp = x + p * stride;
+    int64_t i = 0;
+    for (; i + 16 <= S; i += 16) {
+      const v8 v0 = load8(xp + i) - kk;
+      const v8 v1 = load8(xp + i + 8) - kk;
+      a0 += v0;
+      q0 += v0 * v0;
+      a1 += v1;
+      q1 += v1 * v1;
     }
-    for (; i < b1; ++i) {
-      const float v = x[i] - K;
-      a[0] += v;
-      q[0] += v * v;
+    for (; i + 8 <= S; i += 8) {
+      const v8 v0 = load8(xp + i) - kk;
+      a0 += v0;
+      q0 += v0 * v0;
     }
-    for (int u = 0; u < kLanes; ++u) {
-      s += a[u];
-      ss += q[u];
+    for (; i < S; ++i) {
+      const double v = static_cast<double>(xp[i] - K);
+      s += v;
+      ss += v * v;
+    }
+    pending += S;
+    if (pending >= kFlush || p + 1 == planes) {
+      s += hsum(a0 + a1);
+      ss += hsum(q0 + q1);
+      a0 = a1 = q0 = q1 = v8{};
+      pending = 0;
     }
   }
 }
 
-CLFAST_CLONES void grad_sums(const float* g, const float* x, int64_t n, float center, double& sg, double& sgc) {
-  for (int64_t b0 = 0; b0 < n; b0 += kFlush) {
-    const int64_t b1 = std::min(n, b0 + kFlush);
-    float a[kLanes] = {}, q[kLanes] = {};
-    int64_t i = b0;
-    for (; i + kLanes <= b1; i += kLanes) {
-      for (int u = 0; u < kLanes; ++u) {
-        a[u] += g[i + u];
-        q[u] += g[i + u] * (x[i + u] - center);
-      }
+CLFAST_CLONES void grad_sums(const float* g, const float* x, int64_t planes, int64_t stride, int64_t S,
+                             float center, double& sg, double& sgc) {
+  const v8 cc = v8{} + center;
+  v8 a0{}, a1{}, q0{}, q1{};
+  int64_t pending = 0;
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* gp = g + p * stride;
+    const float* xp = x + p * stride;
+    int64_t i = 0;
+    for (; i + 16 <= S; i += 16) {
+      const v8 g0 = load8(gp + i), g1 = load8(gp + i + 8);
+      a0 += g0;
+      a1 += g1;
+      q0 += g0 * (load8(xp + i) - cc);
+      q1 += g1 * (load8(xp + i + 8) - cc);
     }
-    for (; i < b1; ++i) {
-      a[0] += g[i];
-      q[0] += g[i] * (x[i] - center);
+    for (; i + 8 <= S; i += 8) {
+      const v8 g0 = load8(gp + i);
+      a0 += g0;
+      q0 += g0 * (load8(xp + i) - cc);
     }
-    for (int u = 0; u < kLanes; ++u) {
-      sg += a[u];
-      sgc += q[u];
+    for (; i < S; ++i) {
+      sg += gp[i];
+      sgc += static_cast<double>(gp[i]) * (xp[i] - center);
+    }
+    pending += S;
+    if (pending >= kFlush || p + 1 == planes) {
+      sg += hsum(a0 + a1);
+      sgc += hsum(q0 + q1);
+      a0 = a1 = q0 = q1 = v8{};
+      pending = 0;
     }
   }
 }
 
-CLFAST_CLONES void affine(const float* x, float* y, int64_t n, float center, float scale, float shift) {
-  for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - center) * scale + shift;
+CLFAST_CLONES void affine(const float* x, float* y, int64_t planes, int64_t stride, int64_t S, float center,
+                          float scale, float shift) {
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* __restrict__ xp = x + p * stride;
+    float* __restrict__ yp = y + p * stride;
+    for (int64_t i = 0; i < S; ++i) yp[i] = (xp[i] - center) * scale + shift;
+  }
 }
 
-CLFAST_CLONES void dx(const float* g, const float* x, float* out, int64_t n, float a, float b, float center, float c) {
-  for (int64_t i = 0; i < n; ++i) out[i] = a * g[i] + b * (x[i] - center) + c;
+CLFAST_CLONES void dx(const float* g, const float* x, float* out, int64_t planes, int64_t stride, int64_t S, float a,
+                      float b, float center, float c) {
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* __restrict__ gp = g + p * stride;
+    const float* __restrict__ xp = x + p * stride;
+    float* __restrict__ op = out + p * stride;
+    for (int64_t i = 0; i < S; ++i) op[i] = a * gp[i] + b * (xp[i] - center) + c;
+  }
 }
 
 CLFAST_CLONES void rows_shifted_sums(const float* x, int64_t rows, int64_t C, const float* K, double* s, double* ss) {
