@@ -22,7 +22,6 @@ Usage: ``python benchmarks/bench_batch_renorm.py [--quick] [--device cpu|cuda] [
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_state_ops import device_name, sync, time_contenders
+from bench_state_ops import device_name, sync, time_contenders, write_results
 
 import clfast
 from clfast.nn import BatchRenorm2d
@@ -240,15 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
               "clfast": clfast.__version__, "date": time.strftime("%Y-%m-%d"), "reps": reps, "dtype": args.dtype,
               "rows": rows}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.device}-{torch.get_num_threads()}threads" if args.device == "cpu" else \
-        torch.cuda.get_device_name().replace(" ", "_")
-    tag += "" if args.dtype == "float32" else f"-{args.dtype}"
-    (out / f"batch_renorm_{tag}.json").write_text(json.dumps(result, indent=1))
-    md = to_markdown(result)
-    (out / f"batch_renorm_{tag}.md").write_text(md)
-    print(md)
+    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
+    write_results(Path(args.out), "batch_renorm", args.device, result, to_markdown(result), suffix)
     return result
 
 

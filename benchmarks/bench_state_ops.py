@@ -287,15 +287,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {"device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
               "clfast": clfast.__version__, "date": time.strftime("%Y-%m-%d"), "reps": reps, "rows": rows}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.device}-{torch.get_num_threads()}threads" if args.device == "cpu" else \
-        torch.cuda.get_device_name().replace(" ", "_")
-    (out / f"state_ops_{tag}.json").write_text(json.dumps(result, indent=1))
-    md = to_markdown(result)
-    (out / f"state_ops_{tag}.md").write_text(md)
-    print(md)
+    write_results(Path(args.out), "state_ops", args.device, result, to_markdown(result))
     return result
+
+
+def write_results(out: Path, prefix: str, device: str, result: dict, md: str, suffix: str = "") -> None:
+    """Writes ``<prefix>_<device tag><suffix>.json`` and ``.md`` under ``out`` and prints the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"{device}-{torch.get_num_threads()}threads" if device == "cpu" else \
+        torch.cuda.get_device_name().replace(" ", "_")
+    (out / f"{prefix}_{tag}{suffix}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{prefix}_{tag}{suffix}.md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,19 @@ inline void moments(double K, double s, double ss, double m, double& mean, doubl
 
 int64_t chunk_rows(int64_t C) { return std::max<int64_t>(1, kChunkElems / C); }
 
+// Per-channel totals of [parts][C] partial sums, added in part order (so independent of the thread count).
+void combine_parts(const std::vector<double>& p0, const std::vector<double>& p1, int64_t parts, int64_t C,
+                   std::vector<double>& s0, std::vector<double>& s1) {
+  s0.assign(static_cast<size_t>(C), 0.0);
+  s1.assign(static_cast<size_t>(C), 0.0);
+  for (int64_t k = 0; k < parts; ++k) {
+    for (int64_t c = 0; c < C; ++c) {
+      s0[c] += p0[k * C + c];
+      s1[c] += p1[k * C + c];
+    }
+  }
+}
+
 // Interleaved layout: per-channel sums over fixed row chunks (fn(row0, nrows, s0, s1) adds a chunk's
 // contribution to the chunk's own partial arrays), combined in chunk order.
 template <typename F>
@@ -196,14 +209,7 @@ void chunked_channel_sums(int64_t rows, int64_t C, std::vector<double>& s0, std:
       fn(r0, std::min(rows, r0 + chunk) - r0, p0.data() + k * C, p1.data() + k * C);
     }
   });
-  s0.assign(static_cast<size_t>(C), 0.0);
-  s1.assign(static_cast<size_t>(C), 0.0);
-  for (int64_t k = 0; k < nchunks; ++k) {
-    for (int64_t c = 0; c < C; ++c) {
-      s0[c] += p0[k * C + c];
-      s1[c] += p1[k * C + c];
-    }
-  }
+  combine_parts(p0, p1, nchunks, C, s0, s1);
 }
 
 // Interleaved elementwise pass: fn(row0, nrows) over fixed row chunks in parallel.
@@ -225,14 +231,7 @@ void planar_channel_sums(int64_t N, int64_t C, int64_t S, std::vector<double>& s
   at::parallel_for(0, N * C, std::max<int64_t>(1, kChunkElems / S), [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) fn(p, p % C, p0[p], p1[p]);
   });
-  s0.assign(static_cast<size_t>(C), 0.0);
-  s1.assign(static_cast<size_t>(C), 0.0);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      s0[c] += p0[n * C + c];
-      s1[c] += p1[n * C + c];
-    }
-  }
+  combine_parts(p0, p1, N, C, s0, s1);
 }
 
 // Planar elementwise pass: fn(plane, channel) over all planes in memory order, in parallel.
