@@ -84,6 +84,9 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
                    help="SGD momentum (default %(default)s)")
     p.add_argument("--seed", type=_non_negative_int, default=DEFAULTS["seed"],
                    help="seed of the class order, the model's initialisation and the shuffling (default %(default)s)")
+    p.add_argument("--reg-lambda", type=_float_in(0.0, 1e12, False), default=None,
+                   help="penalty strength of a regularisation strategy (mas, rwalk, si, ewc); default: the "
+                        "strategy's own (clfast.strategies.regularized.PLUGIN_FACTORIES)")
     p.add_argument("--model", choices=sorted(MODELS), default=DEFAULTS["model"],
                    help="mlp: one hidden layer of 256; cnn: two conv layers (default %(default)s)")
     p.add_argument("--device", default=DEFAULTS["device"], help="cpu, cuda, cuda:1, ... (default %(default)s)")
@@ -180,7 +183,17 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if out_dir is not None:
         loggers += [JSONLogger(out_dir / "metrics.json"), CSVLogger(out_dir / "metrics.csv")]
     evaluator = EvaluationPlugin(*default_metrics(), loggers=loggers)
-    strategy = STRATEGIES[args.strategy](model, optimizer, torch.nn.CrossEntropyLoss(),
+    make_strategy = STRATEGIES[args.strategy]
+    if getattr(args, "reg_lambda", None) is not None:
+        from .strategies import regularized
+        from .strategies.regularized import PLUGIN_FACTORIES
+
+        if args.strategy not in PLUGIN_FACTORIES:
+            print(f"clfast train: error: --reg-lambda applies to {sorted(PLUGIN_FACTORIES)}, not {args.strategy}",
+                  file=sys.stderr)
+            return 2
+        make_strategy = regularized(args.strategy, args.reg_lambda)
+    strategy = make_strategy(model, optimizer, torch.nn.CrossEntropyLoss(),
                                          train_mb_size=args.mb_size, train_epochs=args.epochs,
                                          eval_mb_size=max(args.mb_size, 256), device=device, evaluator=evaluator)
     setup_s = time.perf_counter() - t_start

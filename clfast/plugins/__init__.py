@@ -1,8 +1,17 @@
-"""clfast's plugins (MAS, RWalk, SI, EWC, CWR* are added by later issues). All derive from ``SupervisedPlugin``
-and use only the strategy attributes documented in ``docs/plugin-api.md``."""
+"""clfast's plugins: MAS, RWalk, SI and EWC on flat state and fused ops (CWR* is added by a later issue).
+
+All derive from ``SupervisedPlugin`` and use only the strategy attributes documented in
+``docs/plugin-api.md``, so they also run inside an Avalanche strategy. ``docs/plugins.md`` describes each
+one's cost and ``docs/avalanche-differences.md`` its differences from Avalanche.
+"""
 
 from __future__ import annotations
 
 from ..training.plugins import SupervisedPlugin
+from .ewc import EWCPlugin
+from .mas import MASPlugin
+from .rwalk import RWalkPlugin
+from .si import SynapticIntelligencePlugin, si_allowed_parameters
 
-__all__ = ["SupervisedPlugin"]
+__all__ = ["EWCPlugin", "MASPlugin", "RWalkPlugin", "SupervisedPlugin", "SynapticIntelligencePlugin",
+           "si_allowed_parameters"]

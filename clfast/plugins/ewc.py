@@ -1,0 +1,241 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al. 2017) as Avalanche's ``EWCPlugin`` computes it,
+separate and online modes, on flat state and fused ops."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..training.plugins import SupervisedPlugin
+from ._flat import (
+    STATE_VERSION,
+    ParamTable,
+    add_penalty_grad_,
+    add_to_loss,
+    check_bool,
+    check_float,
+    check_header,
+    experience_loader,
+    forward_batch,
+    module_modes,
+    penalty_value,
+    strategy_num_workers,
+)
+
+__all__ = ["EWCPlugin"]
+
+_MODES = ("separate", "online")
+
+
+class EWCPlugin(SupervisedPlugin, supports_distributed=False):
+    """EWC: penalise changes of the parameters weighted by the (empirical, batch-level) Fisher.
+
+    After each experience the model is run in eval mode over the experience's data
+    (``strategy.experience.dataset``, unshuffled, ``train_mb_size`` batches); per batch the criterion's
+    gradient g is taken, and the importance of that experience is F = (1/N_batches) Σ_batches g⊙g
+    (Avalanche's ``compute_importances``). The anchor is the parameters at the end of the experience.
+    From the second experience on the loss gets
+
+    * ``mode="separate"``: λ·Σ_k Σ F_k⊙(θ−θ*_k)² over every earlier experience k;
+    * ``mode="online"``: λ·Σ F̃⊙(θ−θ*)² with F̃ ← γ·F̃ + F_k (γ = ``decay_factor``) and θ* the latest anchor.
+
+    "separate" is stored *folded*: Σ_k F_k(θ−θ*_k)² = F(θ−θ̄)² + C with F = Σ_k F_k,
+    θ̄ = Σ_k F_kθ*_k / F and the constant C = Σ_k Σ F_k(θ*_k−θ̄)² (kept per experience by the
+    parallel-axis rule, in float64). The gradient is exact, C is added to the reported penalty value,
+    and the cost per iteration does not grow with the number of experiences.
+
+    The penalty's value is added to ``strategy.loss`` in ``before_backward``; its gradient
+    2λF⊙(θ−θ̄) is accumulated into ``.grad`` in ``after_backward`` (one fused op each).
+
+    Args:
+        ewc_lambda: penalty strength λ (>= 0).
+        mode: ``"separate"`` or ``"online"``.
+        decay_factor: γ in [0, 1], required by (and only allowed with) ``mode="online"``.
+        keep_importance_data: also keep every experience's importance and parameters (``importances``,
+            ``saved_params``, as Avalanche's dicts) for inspection; the penalty does not need them.
+    """
+
+    def __init__(self, ewc_lambda: float, mode: str = "separate", decay_factor: float | None = None,
+                 keep_importance_data: bool = False) -> None:
+        super().__init__()
+        self.ewc_lambda = check_float("ewc_lambda", ewc_lambda, low=0.0)
+        if mode not in _MODES:
+            raise ValueError(f"mode must be 'separate' or 'online', got {mode!r}")
+        if mode == "online" and decay_factor is None:
+            raise ValueError("mode='online' needs a decay_factor")
+        if mode == "separate" and decay_factor is not None:
+            raise ValueError("decay_factor is only used with mode='online'")
+        self.mode = mode
+        self.decay_factor = None if decay_factor is None else check_float("decay_factor", decay_factor,
+                                                                          low=0.0, high=1.0)
+        self.keep_importance_data = check_bool("keep_importance_data", keep_importance_data)
+        self._table = ParamTable({"importance": "zeros", "anchor": "copy"}, stand_in="anchor")
+        self._const = 0.0  # C of the folded separate mode
+        self.importances: dict[int, dict[str, Tensor]] = {}
+        self.saved_params: dict[int, dict[str, Tensor]] = {}
+
+    # -- views ----------------------------------------------------------------------------------------
+    @property
+    def importance(self) -> dict[str, Tensor] | None:
+        """The penalty's F per parameter (separate: Σ_k F_k; online: F̃), views of the flat state."""
+        st = self._table.state
+        return None if st is None else st.views("importance")
+
+    @property
+    def anchor(self) -> dict[str, Tensor] | None:
+        """The penalty's anchor per parameter (separate: the F-weighted mean θ̄; online: θ*)."""
+        st = self._table.state
+        return None if st is None else st.views("anchor")
+
+    @property
+    def penalty_constant(self) -> float:
+        """C of the folded separate mode (0 in online mode)."""
+        return self._const
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        if self._table.state is not None:
+            self._table.sync(strategy.model, add_new=False)
+
+    def after_eval(self, strategy: Any, **kwargs: Any) -> None:
+        if self._table.state is not None:
+            self._table.sync(strategy.model, add_new=False)
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        if strategy.clock.train_exp_counter == 0 or self._table.state is None:
+            return
+        params = self._table.tensors(strategy.model)
+        value = penalty_value(params, self._table["importance"], self._table["anchor"], self.ewc_lambda)
+        if self._const:
+            value = value + self.ewc_lambda * self._const
+        add_to_loss(strategy, value)
+
+    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
+        if strategy.clock.train_exp_counter == 0 or self._table.state is None:
+            return
+        params = self._table.tensors(strategy.model)
+        add_penalty_grad_(params, self._table["importance"], self._table["anchor"], self.ewc_lambda)
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        table, model = self._table, strategy.model
+        t = strategy.clock.train_exp_counter
+        first = table.state is None
+        if not first:
+            table.sync(model, add_new=False)
+        n_known = 0 if first else table.state.numel
+        known_params = [] if first else table.tensors(model)
+        new_params = table.new_params(model)
+        current = self._fisher_pass(strategy, known_params + [p for _, p in new_params], kwargs)
+        # Validated: commit. New parameters are appended at the table's end, in this order.
+        old = None if first else (table["importance"].clone(), table["anchor"].clone())
+        table.sync(model, add_new=True)
+        imp, anchor = table["importance"], table["anchor"]
+        theta = torch.zeros_like(anchor)
+        _gather(table, model, theta)
+        inactive = table.entry_slices(active=False)
+        with torch.no_grad():
+            if old is None:
+                imp.copy_(current)
+                anchor.copy_(theta)
+            elif self.mode == "online":
+                imp[:n_known].mul_(self.decay_factor).add_(current[:n_known])
+                imp[n_known:].copy_(current[n_known:])
+                _copy_except(anchor, theta, inactive)
+            else:
+                self._fold(old, current, theta, n_known, inactive)
+        if self.keep_importance_data:
+            stored = imp if self.mode == "online" else current
+            self.importances[t] = {e.name: stored[e.offset:e.offset + e.numel].view(e.shape).clone()
+                                   for e, a in zip(table.state.entries, table.active, strict=True) if a}
+            self.saved_params[t] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def _fold(self, old: tuple[Tensor, Tensor], current: Tensor, theta: Tensor, n_known: int,
+              inactive: list[slice]) -> None:
+        """Separate mode: add (F_cur, θ) to the folded (F, θ̄, C), exactly, by the parallel-axis rule."""
+        imp, anchor = self._table["importance"], self._table["anchor"]
+        f_old = torch.zeros_like(imp, dtype=torch.float64)
+        a_old = torch.zeros_like(imp, dtype=torch.float64)
+        f_old[:n_known], a_old[:n_known] = old[0].double(), old[1].double()
+        f_cur, th = current.double(), theta.double()
+        for s in inactive:  # parameters the model no longer has: nothing new for them
+            f_cur[s] = 0.0
+            th[s] = a_old[s]
+        f_new = f_old + f_cur
+        safe = torch.where(f_new > 0, f_new, torch.ones_like(f_new))
+        a_new = torch.where(f_new > 0, (f_old * a_old + f_cur * th) / safe, th)
+        extra = (f_old * (a_old - a_new) ** 2 + f_cur * (th - a_new) ** 2).sum()
+        self._const += float(extra)
+        imp.copy_(f_new)
+        anchor.copy_(a_new)
+
+    def _fisher_pass(self, strategy: Any, params: list[Tensor], kwargs: Mapping[str, Any]) -> Tensor:
+        """Mean over batches of the squared batch gradient of the criterion, in eval mode, flat."""
+        model = strategy.model
+        device = params[0].device if params else strategy.device
+        fisher = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=device)
+        loader = experience_loader(strategy, strategy_num_workers(kwargs))
+        with module_modes(model, training=False):
+            for k, batch in enumerate(loader, start=1):
+                # Zero (not None): a parameter without a gradient in this batch then counts as 0 in the mean.
+                model.zero_grad(set_to_none=False)
+                out, y = forward_batch(model, batch, strategy.device)
+                strategy._criterion(out, y).backward()
+                # Running mean of g² over batches: F ← (1/k)·g² + (1 − 1/k)·F.
+                ops.ema_sq_update_(fisher, params, 1.0 / k)  # raises on NaN/inf before writing
+        return fisher
+
+    # -- state ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Folded importance/anchor (flat state with its table), the constant C, the kept per-experience data."""
+        return {"plugin": "EWCPlugin", "version": STATE_VERSION, "mode": self.mode,
+                "state": self._table.state_dict(), "const": self._const,
+                "importances": {t: {n: v.clone() for n, v in d.items()} for t, d in self.importances.items()},
+                "saved_params": {t: {n: v.clone() for n, v in d.items()} for t, d in self.saved_params.items()},
+                "hparams": {"ewc_lambda": self.ewc_lambda, "mode": self.mode, "decay_factor": self.decay_factor}}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], model: nn.Module | None = None) -> None:
+        """Restore :meth:`state_dict`'s output (same ``mode``). With ``model``, the state must match it.
+
+        The input is validated completely first; on error nothing changes.
+        """
+        sd = check_header(state_dict, "EWCPlugin")
+        if sd.get("mode") != self.mode:
+            raise ValueError(f"the state is for mode {sd.get('mode')!r}, this plugin uses {self.mode!r}")
+        const = sd.get("const", 0.0)
+        if isinstance(const, bool) or not isinstance(const, (int, float)) or not const >= 0.0:
+            raise ValueError(f"const must be a number >= 0, got {const!r}")
+        kept = {}
+        for key in ("importances", "saved_params"):
+            value = sd.get(key, {})
+            if not isinstance(value, Mapping) or not all(
+                    isinstance(t, int) and isinstance(d, Mapping) and all(
+                        isinstance(n, str) and isinstance(v, Tensor) for n, v in d.items())
+                    for t, d in value.items()):
+                raise ValueError(f"{key} must map experience indices to {{name: tensor}} dicts")
+            kept[key] = {t: {n: v.clone() for n, v in d.items()} for t, d in value.items()}
+        state = self._table.check_loadable(sd.get("state"), model)
+        self._table.install(state)
+        self._const = float(const)
+        self.importances, self.saved_params = kept["importances"], kept["saved_params"]
+
+
+def _gather(table: ParamTable, model: nn.Module, out: Tensor) -> None:
+    """``out`` ← the model's parameters in table order (entries the model lacks are left as they are)."""
+    st = table.state
+    views = st.views("importance")  # only for shapes/offsets
+    pairs = [(out[e.offset:e.offset + e.numel].view(views[e.name].shape), p.detach())
+             for e, p, a in zip(st.entries, table.tensors(model), table.active, strict=True) if a]
+    if pairs:
+        with torch.no_grad():
+            torch._foreach_copy_([d for d, _ in pairs], [p for _, p in pairs])
+
+
+def _copy_except(dst: Tensor, src: Tensor, skip: list[slice]) -> None:
+    saved = [dst[s].clone() for s in skip]
+    dst.copy_(src)
+    for s, v in zip(skip, saved, strict=True):
+        dst[s].copy_(v)

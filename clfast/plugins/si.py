@@ -1,0 +1,180 @@
+"""Synaptic Intelligence (Zenke et al. 2017) as Avalanche's ``SynapticIntelligencePlugin`` computes it
+(``shared/reference/avalanche-semantics.md`` §4.9), with its state on the training device."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from .. import ops
+from ..training.plugins import SupervisedPlugin
+from ._flat import (
+    STATE_VERSION,
+    ParamTable,
+    add_penalty_grad_,
+    add_to_loss,
+    check_float,
+    check_header,
+    penalty_value,
+)
+
+__all__ = ["SynapticIntelligencePlugin", "si_allowed_parameters"]
+
+#: Avalanche's fixed constants of the consolidation (§4.9): c = 1, importance clipped above at 0.001.
+SI_C = 1.0
+SI_CLIP = 0.001
+
+
+def si_allowed_parameters(model: nn.Module, excluded_parameters: Sequence[str] = ()) -> list[tuple[str, Tensor]]:
+    """The parameters SI regularises (§4.9): ``requires_grad``, not matched by an exclusion pattern
+    (each pattern p also excludes ``p.*``, fnmatch syntax), and not owned by a ``_NormBase`` module
+    (BatchNorm / InstanceNorm; clfast's BatchRenorm is not one, as in Avalanche)."""
+    patterns = set()
+    for p in excluded_parameters:
+        patterns.add(p)
+        patterns.add(p + ".*")
+    norm_owned = set()
+    for mod_name, module in model.named_modules():
+        if isinstance(module, _NormBase):
+            for p_name, _ in module.named_parameters(recurse=False):
+                norm_owned.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return [(n, p) for n, p in model.named_parameters()
+            if p.requires_grad and n not in norm_owned and not any(fnmatch.fnmatch(n, pat) for pat in patterns)]
+
+
+class SynapticIntelligencePlugin(SupervisedPlugin, supports_distributed=False):
+    """SI: penalise changes of the parameters that contributed most to the loss decrease.
+
+    Per iteration the path integral ω −= g⊙(θ_new − θ_old) is accumulated by one fused op, with g the
+    ``.grad`` the optimizer used (total loss, penalty included). At the end of an experience:
+    cum += c·(−ω)/((θ − θ*)² + eps), Ω ← min(−cum, 0.001) (clipped above only, as in Avalanche;
+    c = 1), θ* ← θ. The loss gets (λ_e/2)·Σ Ω⊙(θ−θ*)² in every experience (λ_e = ``si_lambda[e]``,
+    the last one reused): value added in ``before_backward``, gradient λ_eΩ⊙(θ−θ*) accumulated into
+    ``.grad`` in ``after_backward``.
+
+    State (θ*, Ω, ω, cum and the θ_old snapshot) lives in flat buffers on the training device: no
+    host copies per iteration, and the snapshot is a copy (Avalanche's CPU run aliases θ_old to θ,
+    which zeroes the importance).
+
+    Args:
+        si_lambda: λ, or one λ per experience (the last is reused), each >= 0.
+        eps: damping of the consolidation's denominator (> 0).
+        excluded_parameters: parameter-name patterns to leave out (``"output"`` also excludes
+            ``"output.*"``); AR1 passes ``["output"]``.
+        device: ``"as_strategy"`` (the training device) or that same device; the state must live
+            where the parameters are.
+    """
+
+    def __init__(self, si_lambda: float | Sequence[float], eps: float = 1e-7,
+                 excluded_parameters: Sequence[str] | None = None, device: Any = "as_strategy") -> None:
+        super().__init__()
+        if isinstance(si_lambda, (list, tuple)):
+            if not si_lambda:
+                raise ValueError("si_lambda must not be an empty sequence")
+            self.si_lambda = [check_float(f"si_lambda[{i}]", v, low=0.0) for i, v in enumerate(si_lambda)]
+        else:
+            self.si_lambda = [check_float("si_lambda", si_lambda, low=0.0)]
+        self.eps = check_float("eps", eps, low=0.0, low_open=True)
+        if excluded_parameters is None:
+            excluded_parameters = []
+        if isinstance(excluded_parameters, str) or not all(isinstance(p, str) for p in excluded_parameters):
+            raise TypeError("excluded_parameters must be a sequence of name patterns (strings), "
+                            f"got {excluded_parameters!r}")
+        self.excluded_parameters = list(excluded_parameters)
+        if device != "as_strategy":
+            try:
+                device = torch.device(device)
+            except (TypeError, RuntimeError) as err:
+                raise ValueError(f"device must be 'as_strategy' or a torch device, got {device!r}") from err
+        self._device = device
+        self._table = ParamTable({"anchor": "copy", "importance": "zeros", "omega": "zeros", "cum": "zeros",
+                                  "prev": "copy"}, stand_in="anchor",
+                                 select=lambda m: si_allowed_parameters(m, self.excluded_parameters))
+
+    # -- views ----------------------------------------------------------------------------------------
+    @property
+    def ewc_data(self) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+        """(θ*, Ω) per parameter name, flattened as in Avalanche (views of the flat state)."""
+        st = self._table.state
+        if st is None:
+            return None
+        return ({n: v.reshape(-1) for n, v in st.views("anchor").items()},
+                {n: v.reshape(-1) for n, v in st.views("importance").items()})
+
+    def lambda_for(self, experience_index: int) -> float:
+        """λ of an experience (the last one for experiences beyond the list)."""
+        return self.si_lambda[min(experience_index, len(self.si_lambda) - 1)]
+
+    def device(self, strategy: Any) -> torch.device:
+        """Where the state lives: the strategy's device unless given."""
+        return strategy.device if self._device == "as_strategy" else self._device
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        device = torch.device(self.device(strategy))
+        params = si_allowed_parameters(strategy.model, self.excluded_parameters)
+        if params and params[0][1].device != device:
+            raise ValueError(f"SynapticIntelligencePlugin keeps its state with the parameters; device={device} "
+                             f"differs from the parameters' device {params[0][1].device}")
+        table = self._table
+        table.sync(strategy.model, add_new=True, device=device)  # new parameters: zeros, θ* = θ
+        if table.state is None:
+            return
+        table.copy_from_model("anchor", strategy.model)  # θ* ← θ (§4.9 before_training_exp)
+        table.copy_from_model("prev", strategy.model)
+        table["omega"].zero_()
+
+    def after_eval(self, strategy: Any, **kwargs: Any) -> None:
+        if self._table.state is not None:
+            self._table.sync(strategy.model, add_new=False)
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        if self._table.state is None or self._table.state.numel == 0:
+            return
+        lam = self.lambda_for(strategy.clock.train_exp_counter)
+        params = self._table.tensors(strategy.model)
+        add_to_loss(strategy, penalty_value(params, self._table["importance"], self._table["anchor"], lam / 2))
+
+    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
+        if self._table.state is None or self._table.state.numel == 0:
+            return
+        lam = self.lambda_for(strategy.clock.train_exp_counter)
+        params = self._table.tensors(strategy.model)
+        add_penalty_grad_(params, self._table["importance"], self._table["anchor"], lam / 2)
+
+    def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        if self._table.state is None or self._table.state.numel == 0:
+            return
+        params = self._table.tensors(strategy.model)
+        # ω −= g⊙(θ_new − θ_old), θ_old ← θ_new; raises on NaN/inf before writing. A parameter
+        # without a gradient adds nothing (Avalanche would crash).
+        ops.path_integral_update_(self._table["omega"], self._table["prev"], params)
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        if self._table.state is None or self._table.state.numel == 0:
+            return
+        params = self._table.tensors(strategy.model)
+        ops.si_consolidate_(self._table["cum"], self._table["importance"], self._table["omega"],
+                            self._table["anchor"], params, c=SI_C, eps=self.eps, clip=SI_CLIP)
+
+    # -- state ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """θ*, Ω, ω, cum and the snapshot (flat state with its table) and the hyper-parameters."""
+        return {"plugin": "SynapticIntelligencePlugin", "version": STATE_VERSION,
+                "state": self._table.state_dict(),
+                "hparams": {"si_lambda": list(self.si_lambda), "eps": self.eps,
+                            "excluded_parameters": list(self.excluded_parameters)}}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], model: nn.Module | None = None) -> None:
+        """Restore :meth:`state_dict`'s output. With ``model``, the state must match its parameters.
+
+        The input is validated completely first; on error nothing changes.
+        """
+        sd = check_header(state_dict, "SynapticIntelligencePlugin")
+        state = self._table.check_loadable(sd.get("state"), model)
+        self._table.install(state)

@@ -1,0 +1,128 @@
+"""MASPlugin against the Avalanche transcription (``_avalanche_plugins.AvalancheMAS``, spec §2)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from _avalanche_plugins import AvalancheMAS
+from _cl_fakes import Experience, Stream
+from _plugin_fixtures import (
+    GrowingHead,
+    MultiHead,
+    SmallCNN,
+    assert_dicts_close,
+    assert_losses_close,
+    assert_models_close,
+    mlp,
+    naive,
+    run_side_by_side,
+    seeded,
+    stream,
+    train_stream,
+)
+from torch.utils.data import Dataset
+
+from clfast.plugins import MASPlugin
+
+CASES = {
+    "mlp-class": (mlp, False),
+    "cnn_bn-class": (SmallCNN, False),
+    "multihead-task": (MultiHead, True),
+    "multihead_bn-task": (lambda: MultiHead(bn=True), True),
+    "growing_head-class": (GrowingHead, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_importance_anchor_penalty_and_losses_match_avalanche(case):
+    factory, task_inc = CASES[case]
+    ours, ref = MASPlugin(lambda_reg=2.0, alpha=0.3), AvalancheMAS(lambda_reg=2.0, alpha=0.3)
+    sa, sb, ra, rb = run_side_by_side(factory, ours, ref, stream(task_incremental=task_inc), momentum=0.5)
+    assert_dicts_close(ours.importance, ref.importance, "importance")
+    assert_dicts_close(ours.params, ref.params, "anchor")
+    assert_losses_close(ra, rb)
+    assert_models_close(sa.model, sb.model)
+    assert any(v.abs().sum() > 0 for v in ours.importance.values())
+
+
+def test_unused_head_importance_decays_by_alpha():
+    ours = MASPlugin(alpha=0.25)
+    s = naive(seeded(MultiHead), [ours])
+    exps = stream(task_incremental=True)
+    train_stream(s, exps[:1])
+    head0 = ours.importance["heads.0.weight"].clone()
+    assert head0.abs().sum() > 0
+    train_stream(s, exps[1:2])
+    torch.testing.assert_close(ours.importance["heads.0.weight"], 0.25 * head0)
+
+
+def test_zero_loss_does_not_raise():
+    """Difference: Avalanche raises ValueError when the loss is exactly 0 (and syncs to check it)."""
+    exps = stream()
+
+    def zero_criterion(out, y):
+        return (out * 0.0).sum()
+
+    for plugin, raises in ((MASPlugin(), False), (AvalancheMAS(), True)):
+        s = naive(seeded(mlp), [plugin])
+        s._criterion = zero_criterion
+        train_stream(s, exps[:1])
+        if raises:
+            with pytest.raises(ValueError, match="loss"):
+                train_stream(s, exps[1:2])
+        else:
+            train_stream(s, exps[1:2])
+
+
+class _FreezeBN:
+    """Puts every BatchNorm in eval mode at the start of each experience (a user's choice)."""
+
+    def before_training_exp(self, strategy, **kwargs):
+        for m in strategy.model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+
+
+class _ModeProbe:
+    def __init__(self):
+        self.modes = []
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.modes.append([m.training for m in strategy.model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+
+
+def test_importance_pass_restores_module_modes():
+    """Difference: Avalanche leaves every module in train mode after the pass."""
+    for plugin, expect_training in ((MASPlugin(), False), (AvalancheMAS(), True)):
+        probe = _ModeProbe()
+        s = naive(seeded(SmallCNN), [_FreezeBN(), plugin, probe])
+        train_stream(s, stream()[:1])
+        assert probe.modes == [[expect_training, expect_training]]
+
+
+class _TwoElementDataset(Dataset):
+    def __init__(self, n=8):
+        g = torch.Generator().manual_seed(3)
+        self.x = torch.randn(n, 10, generator=g)
+        self.targets = torch.arange(n) % 2
+        self.targets_task_labels = torch.zeros(n, dtype=torch.long)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.x[i], self.targets[i]
+
+
+def test_two_element_batches_are_not_routed_by_their_labels():
+    """Difference: with (x, y) batches Avalanche passes the labels to a task-aware model as task ids."""
+    model = seeded(MultiHead)
+    strategy = SimpleNamespace(model=model, device=torch.device("cpu"), train_mb_size=4,
+                               experience=Experience(_TwoElementDataset(), 0, Stream("train")),
+                               optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                               clock=SimpleNamespace(train_exp_counter=0))
+    AvalancheMAS().after_training_exp(strategy)  # routes samples of class 1 to head 1
+    with pytest.raises(ValueError, match="task labels"):
+        MASPlugin().after_training_exp(strategy)

@@ -1,0 +1,94 @@
+"""SynapticIntelligencePlugin against the Avalanche transcription (``_avalanche_plugins.AvalancheSI``, §4.9)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _avalanche_plugins import AvalancheSI
+from _plugin_fixtures import (
+    GrowingHead,
+    MultiHead,
+    SmallCNN,
+    assert_dicts_close,
+    assert_losses_close,
+    assert_models_close,
+    mlp,
+    naive,
+    run_side_by_side,
+    seeded,
+    stream,
+    train_stream,
+)
+from torch import nn
+
+from clfast.plugins import SynapticIntelligencePlugin, si_allowed_parameters
+
+CASES = {
+    "mlp-class": (mlp, False),
+    "cnn_bn-class": (SmallCNN, False),
+    "multihead_bn-task": (lambda: MultiHead(bn=True), True),
+    "growing_head-class": (GrowingHead, False),
+}
+
+
+def _flat(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.reshape(-1) for k, v in d.items()}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_anchor_importance_trajectory_and_losses_match_avalanche(case):
+    factory, task_inc = CASES[case]
+    # Large λ so that the penalty moves the weights visibly in experiences 1 and 2.
+    ours = SynapticIntelligencePlugin([5.0, 2000.0], eps=1e-4, excluded_parameters=["classifier"])
+    ref = AvalancheSI([5.0, 2000.0], eps=1e-4, excluded_parameters=["classifier"])
+    sa, sb, ra, rb = run_side_by_side(factory, ours, ref, stream(task_incremental=task_inc), momentum=0.5)
+    assert_losses_close(ra, rb)
+    assert_models_close(sa.model, sb.model)
+    theta_star, omega = ours.ewc_data
+    assert_dicts_close(theta_star, ref.ewc_data[0], "theta*")
+    assert_dicts_close(omega, ref.ewc_data[1], "omega", atol=1e-6)
+    cum = _flat(ours._table.state.views("cum"))
+    assert_dicts_close(cum, ref.syn_data["cum_trajectory"], "cum_trajectory", rtol=1e-3, atol=1e-5)
+    assert not any(k.startswith("classifier") for k in theta_star)
+    assert any((v != 0).any() for v in omega.values())
+
+
+def test_state_stays_on_the_training_device_and_snapshot_is_a_copy():
+    """Difference: on CPU, Avalanche's snapshots alias the parameters (Ω stays 0); ours are copies."""
+    ours, ref = SynapticIntelligencePlugin(1.0), AvalancheSI(1.0, si_alias_defect=True)
+    run_side_by_side(mlp, ours, ref, stream())
+    assert all((v == 0).all() for v in ref.ewc_data[1].values())
+    assert any((v != 0).any() for v in ours.ewc_data[1].values())
+    assert all(b.device.type == "cpu" for b in ours.state_dict()["state"]["buffers"].values())
+
+
+def test_allowed_set_excludes_patterns_norms_and_frozen():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2), nn.LayerNorm(2))
+    model[2].bias.requires_grad_(False)
+    names = [n for n, _ in si_allowed_parameters(model, ["0.w*"])]
+    ref = [n for n, _ in AvalancheSI(1.0, excluded_parameters=["0.w*"]).allowed_parameters(model)]
+    assert names == ref == ["0.bias", "2.weight", "3.weight", "3.bias"]
+    assert [n for n, _ in si_allowed_parameters(model, ["2"])] == ["0.weight", "0.bias", "3.weight", "3.bias"]
+
+
+def test_unused_heads_get_a_zero_penalty_gradient_as_in_avalanche():
+    """The penalty covers every allowed parameter, so autograd (Avalanche) gives unused heads a zero
+    ``.grad``; the fused gradient does the same (and SGD momentum/weight decay then see the same grads)."""
+    grads = []
+    for plugin in (SynapticIntelligencePlugin(1.0), AvalancheSI(1.0)):
+        s = naive(seeded(lambda: MultiHead(n_tasks=3)), [plugin])
+        train_stream(s, stream(task_incremental=True)[:1])
+        grads.append(s.model.heads[1].weight.grad)
+    assert all(g is not None and (g == 0).all() for g in grads)
+
+
+def test_lambda_list_uses_the_last_value_beyond_its_end():
+    p = SynapticIntelligencePlugin([1.0, 2.0])
+    assert [p.lambda_for(i) for i in range(4)] == [1.0, 2.0, 2.0, 2.0]
+
+
+def test_other_device_than_the_parameters_is_refused():
+    p = SynapticIntelligencePlugin(1.0, device="meta")
+    s = naive(seeded(mlp), [p])
+    with pytest.raises(ValueError, match="device"):
+        train_stream(s, stream()[:1])
