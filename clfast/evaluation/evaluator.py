@@ -91,6 +91,27 @@ class EvaluationPlugin:
                 return m.matrix(stream)
         raise ValueError("this evaluator has no AccuracyMatrix metric")
 
+    def state_dict(self) -> dict[str, Any]:
+        """Metric history and the state of the metrics that keep some between evals (for checkpoints)."""
+        return {
+            "last": dict(self.last_metric_results),
+            "all": {k: (list(x), list(v)) for k, (x, v) in self.all_metric_results.items()},
+            "metrics": [m.state_dict() if hasattr(m, "state_dict") else None for m in self.metrics],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the evaluator must have the same metrics, in the same order."""
+        saved = state["metrics"]
+        mine = [hasattr(m, "state_dict") for m in self.metrics]
+        if len(saved) != len(self.metrics) or [s is not None for s in saved] != mine:
+            raise ValueError(f"evaluator state has {len(saved)} metrics, this evaluator has {len(self.metrics)} "
+                             "(or a different kind in some position): build it with the same metrics")
+        for m, s in zip(self.metrics, saved, strict=True):
+            if s is not None:
+                m.load_state_dict(s)
+        self.last_metric_results = dict(state["last"])
+        self.all_metric_results = {k: (list(x), list(v)) for k, (x, v) in state["all"].items()}
+
     def close(self) -> None:
         """Closes the loggers that have a ``close`` method (flushes files)."""
         for logger in self.loggers:

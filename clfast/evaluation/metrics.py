@@ -263,6 +263,15 @@ class Forgetting:
         return [MetricValue(metric_name("ExperienceForgetting", strategy, _single_task(strategy), k), value,
                             x_position(strategy))]
 
+    def state_dict(self) -> dict[str, Any]:
+        """What persists between evals (for checkpoints): the initial and last accuracies per experience."""
+        return {"initial": dict(self.initial), "last": dict(self.last), "train_exp_id": self.train_exp_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.initial = {int(k): float(v) for k, v in state["initial"].items()}
+        self.last = {int(k): float(v) for k, v in state["last"].items()}
+        self.train_exp_id = None if state["train_exp_id"] is None else int(state["train_exp_id"])
+
     def after_eval(self, strategy: Any) -> list[MetricValue] | None:
         if not self.stream:
             return None
@@ -309,6 +318,16 @@ class AccuracyMatrix:
             return
         stream = stream_name(strategy.experience)
         self.rows.setdefault(stream, {}).setdefault(self._started - 1, {}).update(self._current)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded rows and the count of training experiences started (for checkpoints)."""
+        return {"rows": {s: {i: dict(r) for i, r in rows.items()} for s, rows in self.rows.items()},
+                "started": self._started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = {str(s): {int(i): {int(j): float(v) for j, v in r.items()} for i, r in rows.items()}
+                     for s, rows in state["rows"].items()}
+        self._started = int(state["started"])
 
     def matrix(self, stream: str = "test") -> list[list[float]]:
         """Rows for training experiences 0..last, columns for experience ids 0..max seen; NaN where unmeasured."""
