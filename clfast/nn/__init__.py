@@ -1,6 +1,11 @@
-"""Layers and model surgery: Batch Renormalization and the BN→BRN conversion."""
+"""Layers, models and model surgery: Batch Renormalization, the BN→BRN conversion, MobileNetV1 with a
+latent split, and Avalanche's freezing utilities."""
 
 from .batch_renorm import BatchRenorm1d, BatchRenorm2d
 from .convert import change_brn_pars, replace_bn_with_brn
+from .freeze import LayerAndParameter, filter_bn_and_brn, freeze_up_to, get_layers_and_params
+from .mobilenet import MOBILENET_V1_LAYERS, MobileNetV1, pytorchcv_to_clfast
 
-__all__ = ["BatchRenorm1d", "BatchRenorm2d", "change_brn_pars", "replace_bn_with_brn"]
+__all__ = ["MOBILENET_V1_LAYERS", "BatchRenorm1d", "BatchRenorm2d", "LayerAndParameter", "MobileNetV1",
+           "change_brn_pars", "filter_bn_and_brn", "freeze_up_to", "get_layers_and_params", "pytorchcv_to_clfast",
+           "replace_bn_with_brn"]
