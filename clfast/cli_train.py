@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import random
@@ -116,6 +117,10 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--plot", action="store_true",
                    help="also write accuracy_matrix.png (into --out, default the current directory)")
     p.add_argument("--quiet", action="store_true", help="print only the final report")
+    p.add_argument("--checkpoint-dir", type=Path, default=None,
+                   help="write DIR/checkpoint.pt (atomically) after every experience")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --checkpoint-dir, if there is one (same options required)")
     return p
 
 
@@ -265,9 +270,26 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
               f"{benchmark.n_classes} classes), model {model_name} "
               f"({sum(p.numel() for p in model.parameters()):,} parameters), device {device}")
 
-    train_exp_s: list[float] = []
-    eval_s = 0.0
-    for exp in benchmark.train_stream:
+    start = 0
+    resumed: dict[str, Any] = {}
+    if args.resume:
+        if args.checkpoint_dir is None:
+            print("clfast train: error: --resume needs --checkpoint-dir", file=sys.stderr)
+            return 2
+        from .cli_resume import load_for_resume
+
+        try:
+            start, resumed = load_for_resume(args, strategy)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"clfast train: error: --resume: {err}", file=sys.stderr)
+            return 2
+        if not args.quiet:
+            print(f"clfast train: resuming after {start} experience(s) from {args.checkpoint_dir}")
+    train_exp_s: list[float] = list(resumed.get("train_exp_s", []))
+    eval_s = float(resumed.get("eval_s", 0.0))
+    for position, exp in enumerate(benchmark.train_stream):
+        if position < start:
+            continue
         t0 = time.perf_counter()
         strategy.train(exp)
         train_exp_s.append(time.perf_counter() - t0)
@@ -279,6 +301,10 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                               f"Exp{exp.current_experience:03d}", math.nan)
             print(f"  exp {exp.current_experience} classes {list(exp.classes_in_this_experience)}: "
                   f"trained in {train_exp_s[-1]:.2f} s, test accuracy on it {100 * acc:.1f}%")
+        if args.checkpoint_dir is not None:
+            from .cli_resume import save_after_experience
+
+            save_after_experience(args, strategy, position + 1, {"train_exp_s": train_exp_s, "eval_s": eval_s})
     evaluator.close()
     total_s = time.perf_counter() - t_start
 
@@ -298,11 +324,22 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                     "train_per_experience_s": train_exp_s, "train_iterations": iterations,
                     "train_iteration_mean_s": sum(train_exp_s) / iterations if iterations else None},
         "metrics": last,
+        "model_sha256": _model_digest(strategy.model),
     }
     print(format_report(summary))
     if out_dir is not None:
         _write_outputs(summary, out_dir, args.plot)
     return 0
+
+
+def _model_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's state (names, dtypes, shapes, bytes): equal digests mean identical models."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def format_report(summary: dict[str, Any]) -> str:

@@ -2,9 +2,9 @@
 
 ``strategy_state_dict(strategy)`` gathers what a resumed run needs to continue exactly where the
 interrupted one stopped (at an experience boundary): the model, the optimizer, every plugin that has a
-``state_dict()``, the clock, the evaluator's metric history, the strategy's own extra state (``AR1``'s
-replay memory, say, through ``strategy.extra_state_dict()``) and the random number generators of torch
-(CPU and CUDA), numpy and Python. Everything in it is a tensor or a plain Python container of numbers
+``state_dict()``, the clock, the evaluator's metric history and the random number generators of torch
+(CPU and CUDA), numpy and Python. A strategy with its own complete ``state_dict()`` (AR1) is saved
+through it. Everything in it is a tensor or a plain Python container of numbers
 and strings, so ``load_checkpoint`` reads it with ``torch.load(weights_only=True)``: a checkpoint file
 cannot run code.
 
@@ -125,23 +125,38 @@ def _stateful_plugins(strategy: Any) -> list[Any]:
     return [p for p in strategy.plugins if id(p) not in skip and callable(getattr(p, "state_dict", None))]
 
 
+def _whole_state(strategy: Any) -> Any:
+    """A strategy's own complete ``state_dict`` (AR1 has one: model, optimizer, memory, CWR*, SI, clock)."""
+    fn = getattr(strategy, "state_dict", None)
+    return fn if callable(fn) and callable(getattr(strategy, "load_state_dict", None)) else None
+
+
 def strategy_state_dict(strategy: Any) -> dict[str, Any]:
-    """Everything needed to continue training ``strategy`` from the current experience boundary."""
-    opt = getattr(strategy, "optimizer", None)
+    """Everything needed to continue training ``strategy`` from the current experience boundary.
+
+    A strategy with its own ``state_dict()``/``load_state_dict()`` (AR1) is saved through them; for the
+    others the model, optimizer, clock and stateful plugins are saved here. The evaluator's history and the
+    global random generators are saved in both cases.
+    """
     evaluator = getattr(strategy, "evaluator", None)
-    extra = getattr(strategy, "extra_state_dict", None)
-    return {
+    common = {
         "format": FORMAT,
         "version": VERSION,
+        # the template builds (and resets) the optimizer state once, on the first training experience
+        "optimizer_initialized": bool(getattr(strategy, "_optimizer_initialized", False)),
+        "evaluator": evaluator.state_dict() if callable(getattr(evaluator, "state_dict", None)) else None,
+        "rng": capture_rng(),
+    }
+    whole = _whole_state(strategy)
+    if whole is not None:
+        return {**common, "whole": whole()}
+    opt = getattr(strategy, "optimizer", None)
+    return {
+        **common,
         "model": strategy.model.state_dict(),
         "optimizer": None if opt is None else opt.state_dict(),
         "clock": strategy.clock.as_dict(),
-        # the template builds (and resets) the optimizer state once, on the first training experience
-        "optimizer_initialized": bool(getattr(strategy, "_optimizer_initialized", False)),
         "plugins": [[type(p).__name__, p.state_dict()] for p in _stateful_plugins(strategy)],
-        "evaluator": evaluator.state_dict() if callable(getattr(evaluator, "state_dict", None)) else None,
-        "strategy": extra() if callable(extra) else None,
-        "rng": capture_rng(),
     }
 
 
@@ -155,6 +170,13 @@ def load_strategy_state_dict(strategy: Any, state: Mapping[str, Any]) -> None:
     if state.get("format") != FORMAT or state.get("version") != VERSION:
         raise ValueError(f"not a clfast checkpoint of version {VERSION} (format {state.get('format')!r}, "
                          f"version {state.get('version')!r})")
+    whole = _whole_state(strategy)
+    if (whole is not None) != ("whole" in state):
+        raise ValueError(f"checkpoint was written by another kind of strategy than {type(strategy).__name__}")
+    if whole is not None:
+        strategy.load_state_dict(state["whole"])  # checks everything before changing anything
+        _load_common(strategy, state)
+        return
     own = strategy.model.state_dict()
     saved = state["model"]
     missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
@@ -191,14 +213,13 @@ def _load_unchecked(strategy: Any, state: Mapping[str, Any], plugins: list[Any])
         p.load_state_dict(sd)
     for k, v in state["clock"].items():
         setattr(strategy.clock, k, int(v))
+    _load_common(strategy, state)
+
+
+def _load_common(strategy: Any, state: Mapping[str, Any]) -> None:
     if hasattr(strategy, "_optimizer_initialized"):
         strategy._optimizer_initialized = bool(state["optimizer_initialized"])
     evaluator = getattr(strategy, "evaluator", None)
     if state["evaluator"] is not None and callable(getattr(evaluator, "load_state_dict", None)):
         evaluator.load_state_dict(state["evaluator"])
-    load_extra = getattr(strategy, "load_extra_state_dict", None)
-    if state["strategy"] is not None:
-        if not callable(load_extra):
-            raise ValueError(f"checkpoint carries strategy state but {type(strategy).__name__} cannot load it")
-        load_extra(state["strategy"])
     restore_rng(state["rng"])
