@@ -133,6 +133,9 @@ def nonfinite_flags(tensors: Sequence[Tensor]) -> Tensor:
     return _ops.nonfinite_flags(tensors)
 
 
+_CHECKED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
 def check_finite(op: str, **named: Sequence[Tensor | None] | Tensor | None) -> None:
     """Raise ``ValueError`` naming the first argument (and index) that holds a NaN or inf.
 
@@ -152,9 +155,11 @@ def check_finite(op: str, **named: Sequence[Tensor | None] | Tensor | None) -> N
         else:
             fmt = "{name}[{i}]"
         for i, t in enumerate(value):
-            if t is not None and t.numel() > 0:
+            # Only tensors the ops accept can hold a NaN worth reporting here; any other dtype (or layout) is
+            # left for the op itself to refuse, with the argument's own name.
+            if isinstance(t, Tensor) and t.numel() > 0 and t.dtype in _CHECKED_DTYPES:
                 labels.append(fmt.format(name=name, i=i))
-                tensors.append(t.detach())
+                tensors.append(t.detach().contiguous())
     if not tensors:
         return
     by_device: dict[torch.device, list[int]] = {}

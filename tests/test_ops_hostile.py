@@ -137,8 +137,8 @@ def test_quad_penalty_matches_or_names_the_problem(device, data):
     params = [p.to(device) for p in m.params]
     imp, anchor = imp.to(device), anchor.to(device)
     problems = [*m.problems] + [b for b in (bad_imp, bad_anchor) if b]
-    if not problems and _state_dtype_problem(imp, anchor):
-        problems.append("anchor")
+    if _state_dtype_problem(imp, anchor):
+        problems += ["importance", "anchor"]
     if not math.isfinite(lam):
         problems.append("lam")
     if problems:
@@ -265,3 +265,59 @@ def test_batch_renorm_matches_or_names_the_problem(device, data):
     want_e = ref.batch_renorm_eval(x.cpu().double(), w.cpu().double(), b.cpu().double(), rm.cpu().double(),
                                    rs.cpu().double())
     torch.testing.assert_close(ye.cpu().double(), want_e, equal_nan=True, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@SETTINGS
+@given(data=st.data())
+def test_consolidation_ops_match_or_leave_the_state_untouched(device, data):
+    m = data.draw(model_tensors())
+    numel = sum(p.numel() for p in m.params)
+    which = data.draw(st.sampled_from(["path", "rwalk", "si"]))
+    names = {"path": ["acc", "prev_params"], "rwalk": ["scores", "loss_acc", "ckpt_params", "fisher"],
+             "si": ["cum", "importance", "omega", "anchor"]}[which]
+    bufs, bad = [], []
+    for n in names:
+        b, problem = data.draw(state_buffer(numel, n))
+        bufs.append(b.to(device))
+        if problem:
+            bad.append(problem)
+    if which == "rwalk":
+        bufs[3] = bufs[3].abs() if bufs[3].is_floating_point() else bufs[3]  # a Fisher is >= 0
+    params = [p.to(device) for p in m.params]
+    grads = [None if g is None else g.to(device) for g in m.grads]
+    problems = [p for p in m.problems if which == "path" or p.startswith("params")] + bad
+    if _state_dtype_problem(*bufs):
+        problems.extend(names)  # the op names the first buffer whose dtype differs from the first one's
+    before = [b.clone() for b in bufs]
+    # Finite checks: params and grads (path); params (rwalk, si: the state is checked by the op's own rules).
+    nonfinite = [n for n in m.nonfinite if which == "path" or n.startswith("params")]
+
+    def call():
+        if which == "path":
+            ops.path_integral_update_(bufs[0], bufs[1], params, grads=grads)
+        elif which == "rwalk":
+            ops.rwalk_score_update_(*bufs, params, 1e-3)
+        else:
+            ops.si_consolidate_(*bufs, params, 1.0, 1e-3, 1e-3)
+
+    if problems or nonfinite:
+        if problems:  # with NaN as well, the finite check may speak first: either is a correct refusal
+            _check_raises_naming(call, problems + nonfinite)
+        else:
+            with pytest.raises(ValueError, match="contains NaN or inf"):
+                call()
+        assert all(torch.equal(a, b) for a, b in zip(bufs, before, strict=True)), "a rejected call changed state"
+        return
+    call()
+    cpu_params = [p.cpu() for p in params]
+    if which == "path":
+        want = ref.path_integral_update(before[0].cpu(), before[1].cpu(), cpu_params,
+                                        [None if g is None else g.cpu() for g in grads])
+    elif which == "rwalk":
+        want = ref.rwalk_score_update(*(b.cpu() for b in before), cpu_params, 1e-3)
+    else:
+        want = ref.si_consolidate(*(b.cpu() for b in before), cpu_params, 1.0, 1e-3, 1e-3)
+    for got, exp, n in zip(bufs[: len(want)], want, names, strict=False):  # rwalk: the Fisher is read only
+        torch.testing.assert_close(got.cpu().double(), exp.double(), rtol=1e-3, atol=1e-3, msg=n)
+    assert all(torch.equal(b, b0) for b, b0 in zip(bufs[len(want):], before[len(want):], strict=True))
