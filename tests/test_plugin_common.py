@@ -188,10 +188,10 @@ def test_bad_hyper_parameters_are_refused_at_construction(cls, kwargs, err):
 
 
 @pytest.mark.parametrize("kind", sorted(MAKERS))
-def test_distributed_support_is_declared_false_and_hooks_are_known(kind):
+def test_distributed_support_is_declared_and_hooks_are_known(kind):
     p = MAKERS[kind]()
     assert isinstance(p, SupervisedPlugin)
-    assert type(p).supports_distributed is False
+    assert type(p).supports_distributed is True  # tests/test_distributed.py
 
 
 @pytest.mark.parametrize(("kind", "cls"), [("mas", MASPlugin), ("rwalk", RWalkPlugin),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import distributed as dist
 from .loggers import InteractiveLogger
 from .metrics import Accuracy, AccuracyMatrix, Forgetting, Loss, Timing
 from .names import MetricValue
@@ -28,6 +29,7 @@ class EvaluationPlugin:
     Like Avalanche's, it is not a ``BasePlugin``: it answers every ``before_*``/``after_*`` name, calling
     ``metric.<hook>(strategy)`` on each metric that has it, recording what they return, then passing the new
     values to each logger's ``log_metrics`` and calling ``logger.<hook>(strategy, **kwargs)`` when present.
+    Under ``torch.distributed`` the metrics are reduced over the ranks and only rank 0 calls the loggers.
 
     Args:
         *metrics: metric objects (or lists of them).
@@ -69,6 +71,8 @@ class EvaluationPlugin:
                 xs, ys = self.all_metric_results.setdefault(v.name, ([], []))
                 xs.append(v.x)
                 ys.append(v.value)
+        if not dist.is_main_process():  # loggers write on rank 0 only (every rank keeps the values)
+            return
         for logger in self.loggers:
             if values:
                 logger.log_metrics(values)

@@ -2,7 +2,9 @@
 
 A metric is an object with some hook methods ``hook(strategy) -> list[MetricValue] | None``; the
 ``EvaluationPlugin`` calls them and collects what they return. Accumulation stays on the model's device;
-values are read back (one sync) only when a metric is emitted.
+values are read back (one sync) only when a metric is emitted. Under ``torch.distributed`` each rank
+accumulates its own shard and the sums and counts are added over the ranks when a metric is emitted, so
+every rank reports the global value (``Timing`` stays per rank).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed as dist
 from .names import MetricValue, metric_name, stream_name, x_position
 
 
@@ -33,6 +36,23 @@ class _PerTask:
     def overall(self) -> float:
         total = sum(self.weights.values())
         return float(sum(self.sums.values())) / total if total > 0 else math.nan
+
+    def reduced(self) -> _PerTask:
+        """The sums and weights added over all ranks (every rank gets the global values); ``self`` when
+        not distributed. A collective: every rank must call it at the same point."""
+        if dist.world_size() <= 1:
+            return self
+        tasks = sorted(set().union(*dist.all_gather_object(sorted(self.weights))))
+        local = torch.tensor([float(self.sums.get(t, 0.0)) for t in tasks]
+                             + [self.weights.get(t, 0.0) for t in tasks], dtype=torch.float64,
+                             device=dist.comm_device())
+        dist.all_reduce_sum_(local)
+        values = local.tolist()
+        out = _PerTask()
+        n = len(tasks)
+        for i, t in enumerate(tasks):
+            out.sums[t], out.weights[t] = values[i], values[n + i]
+        return out
 
 
 def _task_masks(strategy: Any, n: int) -> list[tuple[int, torch.Tensor | None]]:
@@ -96,7 +116,7 @@ class _EpochExpStream:
             return None
         x = x_position(strategy)
         return [MetricValue(metric_name(f"{self.base}_Epoch", strategy, t), v, x)
-                for t, v in self._epoch.result().items()]
+                for t, v in self._epoch.reduced().result().items()]
 
     def before_eval(self, strategy: Any) -> None:
         self._stream = _PerTask()
@@ -117,14 +137,14 @@ class _EpochExpStream:
             return None
         x, e = x_position(strategy), strategy.experience.current_experience
         return [MetricValue(metric_name(f"{self.base}_Exp", strategy, t, e), v, x)
-                for t, v in self._exp.result().items()]
+                for t, v in self._exp.reduced().result().items()]
 
     def after_eval(self, strategy: Any) -> list[MetricValue] | None:
         if not self.stream:
             return None
         x = x_position(strategy)
         return [MetricValue(metric_name(f"{self.base}_Stream", strategy, t), v, x)
-                for t, v in self._stream.result().items()]
+                for t, v in self._stream.reduced().result().items()]
 
 
 class Accuracy(_EpochExpStream):
@@ -249,7 +269,7 @@ class Forgetting:
 
     def after_eval_exp(self, strategy: Any) -> list[MetricValue] | None:
         k = strategy.experience.current_experience
-        acc = self._acc.overall()
+        acc = self._acc.reduced().overall()
         if k == self.train_exp_id:
             self.initial[k] = acc
         else:
@@ -311,7 +331,7 @@ class AccuracyMatrix:
         self._acc.add(0, correct.sum(), float(correct.numel()))
 
     def after_eval_exp(self, strategy: Any) -> None:
-        self._current[strategy.experience.current_experience] = self._acc.overall()
+        self._current[strategy.experience.current_experience] = self._acc.reduced().overall()
 
     def after_eval(self, strategy: Any) -> None:
         if self._started == 0:

@@ -23,7 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
+from .. import distributed as dist
 from .. import ops
+from ..distributed import unwrap
 from ..state import FlatState
 from ..training.utils import is_task_aware
 
@@ -82,6 +84,8 @@ class ParamTable:
     * Table entries missing from the model (or not selected any more) are kept; in the per-iteration
       calls they are stood in for by their ``stand_in`` view (e.g. the anchor), a constant with no
       gradient, so they add nothing.
+    * A ``DistributedDataParallel`` (or ``DataParallel``) model is unwrapped first: the table holds the
+      wrapped module's parameter names (no ``module.`` prefix), as in a single-process run.
     * ``tensors(model)`` returns the parameters in table order. It is cached per model object and
       refreshed by :meth:`sync` (called at experience boundaries and after eval, where model
       adaptation may replace or grow parameters).
@@ -105,6 +109,7 @@ class ParamTable:
     # -- structure ----------------------------------------------------------------------------------
     def sync(self, model: nn.Module, *, add_new: bool, device: torch.device | None = None) -> list[str]:
         """Create the state, or grow it to follow ``model``; returns the names added or grown."""
+        model = unwrap(model)
         named = self.select(model)
         if self.state is None:
             if not add_new:
@@ -146,6 +151,7 @@ class ParamTable:
 
     def tensors(self, model: nn.Module) -> list[Tensor]:
         """The model's parameters in table order (stand-ins for entries the model lacks)."""
+        model = unwrap(model)
         if model is not self._model:
             self.sync(model, add_new=False)
         return self._tensors
@@ -158,7 +164,7 @@ class ParamTable:
     def new_params(self, model: nn.Module) -> list[tuple[str, Tensor]]:
         """Selected parameters of ``model`` not in the table yet, in the order ``sync(add_new=True)``
         appends them (after the existing entries)."""
-        named = self.select(model)
+        named = self.select(unwrap(model))
         if self.state is None:
             return named
         return [(n, p) for n, p in named if n not in self.state]
@@ -201,6 +207,7 @@ class ParamTable:
         if set(state.kinds) != set(self.kinds):
             raise ValueError(f"state kinds {sorted(state.kinds)} do not match this plugin's {sorted(self.kinds)}")
         if model is not None:
+            model = unwrap(model)
             shapes = {n: p.shape for n, p in self.select(model)}
             missing = [e.name for e in state.entries if e.name not in shapes]
             if missing:
@@ -284,11 +291,27 @@ def add_to_loss(strategy: Any, value: Tensor | float) -> None:
 
 
 def experience_loader(strategy: Any, num_workers: int = 0) -> DataLoader:
-    """The raw experience data (``strategy.experience.dataset``), unshuffled, at ``train_mb_size``."""
+    """The raw experience data (``strategy.experience.dataset``), unshuffled, at ``train_mb_size``.
+
+    Under ``torch.distributed``, this rank's shard of it (an unshuffled ``DistributedSampler``: rank r
+    gets samples r, r+W, …), ``train_mb_size`` per rank: batch k of all ranks together is samples
+    [kWB, (k+1)WB) of the data, i.e. batch k of a single process at batch size W·B (``docs/distributed.md``).
+    Passes over it average each batch's gradient over the ranks (:func:`sync_grads`) before using it.
+    """
     dataset = strategy.experience.dataset
     collate = getattr(dataset, "collate_fn", None) or default_collate
+    if dist.is_distributed():
+        return DataLoader(dataset, batch_size=strategy.train_mb_size,
+                          sampler=dist.distributed_sampler(dataset, shuffle=False), collate_fn=collate,
+                          num_workers=num_workers)
     return DataLoader(dataset, batch_size=strategy.train_mb_size, shuffle=False, collate_fn=collate,
                       num_workers=num_workers)
+
+
+def sync_grads(params: Sequence[Tensor]) -> None:
+    """Average ``.grad`` over the ranks (what DDP does after backward), for passes run on the unwrapped
+    model; a no-op in a single process."""
+    dist.all_reduce_grads_(params)
 
 
 def forward_batch(model: nn.Module, batch: Sequence[Any], device: torch.device) -> tuple[Any, Tensor]:
@@ -296,8 +319,10 @@ def forward_batch(model: nn.Module, batch: Sequence[Any], device: torch.device) 
 
     A task-aware model gets the batch's task labels (the last element of a batch with 3 or more
     elements). A 2-element batch has no task labels: a task-aware model then raises ``ValueError``
-    (Avalanche would route by the class labels).
+    (Avalanche would route by the class labels). A DDP-wrapped model is run unwrapped (no gradient
+    all-reduce in backward: the passes call :func:`sync_grads` themselves).
     """
+    model = unwrap(model)
     if len(batch) < 2:
         raise ValueError(f"expected (x, y[, t]) batches, got {len(batch)} elements")
     x = batch[0].to(device, non_blocking=True)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..distributed import unwrap
 from ..training.plugins import SupervisedPlugin
 from ._flat import (
     STATE_VERSION,
@@ -24,6 +25,7 @@ from ._flat import (
     module_modes,
     penalty_value,
     strategy_num_workers,
+    sync_grads,
 )
 
 __all__ = ["EWCPlugin"]
@@ -31,7 +33,7 @@ __all__ = ["EWCPlugin"]
 _MODES = ("separate", "online")
 
 
-class EWCPlugin(SupervisedPlugin, supports_distributed=False):
+class EWCPlugin(SupervisedPlugin, supports_distributed=True):
     """EWC: penalise changes of the parameters weighted by the (empirical, batch-level) Fisher.
 
     After each experience the model is run in eval mode over the experience's data
@@ -151,7 +153,7 @@ class EWCPlugin(SupervisedPlugin, supports_distributed=False):
             stored = imp if self.mode == "online" else current
             self.importances[t] = {e.name: stored[e.offset:e.offset + e.numel].view(e.shape).clone()
                                    for e, a in zip(table.state.entries, table.active, strict=True) if a}
-            self.saved_params[t] = {n: p.detach().clone() for n, p in model.named_parameters()}
+            self.saved_params[t] = {n: p.detach().clone() for n, p in unwrap(model).named_parameters()}
 
     def _fold(self, old: tuple[Tensor, Tensor], current: Tensor, theta: Tensor, n_known: int,
               inactive: list[slice]) -> None:
@@ -184,6 +186,7 @@ class EWCPlugin(SupervisedPlugin, supports_distributed=False):
                 model.zero_grad(set_to_none=False)
                 out, y = forward_batch(model, batch, strategy.device)
                 strategy._criterion(out, y).backward()
+                sync_grads(params)  # distributed: the global batch's gradient (docs/distributed.md)
                 # Running mean of g² over batches: F ← (1/k)·g² + (1 − 1/k)·F.
                 ops.ema_sq_update_(fisher, params, 1.0 / k)  # raises on NaN/inf before writing
         return fisher

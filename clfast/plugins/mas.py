@@ -24,12 +24,13 @@ from ._flat import (
     module_modes,
     penalty_value,
     progress,
+    sync_grads,
 )
 
 __all__ = ["MASPlugin"]
 
 
-class MASPlugin(SupervisedPlugin, supports_distributed=False):
+class MASPlugin(SupervisedPlugin, supports_distributed=True):
     """MAS: penalise changes of the parameters that the output's squared norm is sensitive to.
 
     After each experience (``after_training_exp``), with the model in train mode, the experience's own
@@ -132,6 +133,7 @@ class MASPlugin(SupervisedPlugin, supports_distributed=False):
                 out, _ = forward_batch(model, batch, strategy.device)
                 loss = out.pow(2).sum(dim=1).mean()
                 loss.backward()
+                sync_grads(params)  # distributed: the global batch's gradient (docs/distributed.md)
                 ops.mas_importance_update_(current, params)  # raises on NaN/inf before writing
                 n_batches += 1
         if n_batches:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..distributed import unwrap
 from ..training.plugins import SupervisedPlugin
 from ._flat import (
     STATE_VERSION,
@@ -24,6 +25,7 @@ from ._flat import (
     module_modes,
     names_as_set,
     penalty_value,
+    sync_grads,
 )
 
 __all__ = ["RWalkPlugin"]
@@ -42,7 +44,7 @@ _KINDS = {
 }
 
 
-class RWalkPlugin(SupervisedPlugin, supports_distributed=False):
+class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
     """RWalk: EWC++ Fisher plus path-integral scores, max-normalised, as a quadratic penalty (§3).
 
     Per iteration (all fused ops): the EWC++ Fisher F ← α·g² + (1−α)·F (§3.2; a parameter without a
@@ -142,7 +144,7 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=False):
         table["ckpt_scores"].zero_()
         table.copy_from_model("ckpt_params", model)
         table.copy_from_model("prev", model)
-        self._ckpt_keys = {n for n, _ in model.named_parameters()}
+        self._ckpt_keys = {n for n, _ in unwrap(model).named_parameters()}
 
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         self._sync(strategy.model)
@@ -161,6 +163,7 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=False):
             model.zero_grad(set_to_none=True)
             out, y = forward_batch(model, strategy.mbatch, strategy.device)
             strategy._criterion(out, y).backward()
+        sync_grads(params)  # distributed: the global batch's gradient, as DDP gives in training
         self._read_task_grad(params)
         model.zero_grad(set_to_none=True)
 
@@ -247,7 +250,7 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=False):
             table["penalty"].copy_(penalty)
             self._penalised = penalised
             ckpt.zero_()
-            self._ckpt_keys = {n for n, _ in model.named_parameters()}
+            self._ckpt_keys = {n for n, _ in unwrap(model).named_parameters()}
 
     # -- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def si_allowed_parameters(model: nn.Module, excluded_parameters: Sequence[str] =
             if p.requires_grad and n not in norm_owned and not any(fnmatch.fnmatch(n, pat) for pat in patterns)]
 
 
-class SynapticIntelligencePlugin(SupervisedPlugin, supports_distributed=False):
+class SynapticIntelligencePlugin(SupervisedPlugin, supports_distributed=True):
     """SI: penalise changes of the parameters that contributed most to the loss decrease.
 
     Per iteration the path integral ω −= g⊙(θ_new − θ_old) is accumulated by one fused op, with g the

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data.dataloader import default_collate
 
+from .. import distributed as dist
 from ..evaluation import EvaluationPlugin, default_evaluator
 from .clock import Clock
 from .periodic_eval import PEVAL_MODES, PeriodicEval
@@ -255,6 +256,8 @@ class SupervisedTemplate(BaseTemplate):
         self.loss: torch.Tensor = self._make_empty_loss()
         self._stop_training = False
         self._optimizer_initialized = False
+        #: Seed of the training ``DistributedSampler`` (the same on every rank; see ``docs/distributed.md``).
+        self.sampler_seed: int = 0
 
     # ---------------------------------------------------------------- minibatch views
     @property
@@ -300,17 +303,30 @@ class SupervisedTemplate(BaseTemplate):
     def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, pin_memory: bool | None = None,
                               persistent_workers: bool = False, drop_last: bool = False,
                               **kwargs: Any) -> None:
-        """A shuffled ``DataLoader`` of ``adapted_dataset`` with ``train_mb_size``."""
+        """A shuffled ``DataLoader`` of ``adapted_dataset`` with ``train_mb_size``.
+
+        Under ``torch.distributed``: this rank's shard, by a ``DistributedSampler`` seeded with
+        ``sampler_seed + clock.train_exp_counter`` (the epoch is set before every epoch), ``train_mb_size``
+        samples per rank and batch.
+        """
         self.dataloader = self._make_loader(self.adapted_dataset, self.train_mb_size, shuffle, num_workers,
-                                            pin_memory, persistent_workers, drop_last, "training")
+                                            pin_memory, persistent_workers, drop_last, "training",
+                                            seed=self.sampler_seed + self.clock.train_exp_counter)
 
     def _make_loader(self, dataset: Any, batch_size: int, shuffle: bool, num_workers: int,
-                     pin_memory: bool | None, persistent_workers: bool, drop_last: bool, what: str) -> DataLoader:
+                     pin_memory: bool | None, persistent_workers: bool, drop_last: bool, what: str,
+                     seed: int = 0) -> DataLoader:
         if len(dataset) == 0:
             raise ValueError(f"{what} experience {getattr(self.experience, 'current_experience', '?')} of stream "
                              f"'{stream_name(self.experience)}' is empty")
         if pin_memory is None:
             pin_memory = self.device.type == "cuda"
+        if dist.is_distributed():  # this rank's shard (docs/distributed.md)
+            sampler = dist.distributed_sampler(dataset, shuffle=shuffle, seed=seed)
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                              pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
+                              drop_last=drop_last,
+                              collate_fn=getattr(dataset, "collate_fn", None) or default_collate)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                           pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
                           drop_last=drop_last, collate_fn=getattr(dataset, "collate_fn", None) or default_collate)
@@ -349,6 +365,9 @@ class SupervisedTemplate(BaseTemplate):
             if self._stop_training:
                 self._stop_training = False
                 break
+            sampler = getattr(self.dataloader, "sampler", None)
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(self.clock.train_exp_epochs)
             self.training_epoch(**kwargs)
             self._trigger("after_training_epoch", **kwargs)
 
