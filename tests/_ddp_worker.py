@@ -20,23 +20,31 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_co
 
 from clfast import distributed as dist
 from clfast.evaluation import Accuracy, AccuracyMatrix, EvaluationPlugin, Forgetting, Loss
-from clfast.plugins import EWCPlugin, MASPlugin, RWalkPlugin, SynapticIntelligencePlugin
-from clfast.strategies import Naive
+from clfast.plugins import CWRStarPlugin, EWCPlugin, MASPlugin, RWalkPlugin, SynapticIntelligencePlugin
+from clfast.strategies import AR1, Naive
 
 WORLD = 2
 B = 4  # per-rank training minibatch
 EPOCHS = 2
 N_PER_EXP = 22  # per rank 11 = 4 + 4 + 3: a short last batch
 
-CASES: dict[str, Any] = {
-    "naive": lambda: None,
-    "mas": lambda: MASPlugin(lambda_reg=5.0, alpha=0.5),
-    "ewc": lambda: EWCPlugin(ewc_lambda=50.0),
-    "ewc_online": lambda: EWCPlugin(ewc_lambda=50.0, mode="online", decay_factor=0.5),
-    "si": lambda: SynapticIntelligencePlugin(si_lambda=1.0),
-    "rwalk": lambda: RWalkPlugin(ewc_lambda=1.0, delta_t=2),
-    "rwalk_pass": lambda: RWalkPlugin(ewc_lambda=1.0, delta_t=2, separate_grad_pass=True),
+CASES: dict[str, Any] = {  # plugin factories of the (unwrapped) model
+    "naive": lambda m: None,
+    "mas": lambda m: MASPlugin(lambda_reg=5.0, alpha=0.5),
+    "ewc": lambda m: EWCPlugin(ewc_lambda=50.0),
+    "ewc_online": lambda m: EWCPlugin(ewc_lambda=50.0, mode="online", decay_factor=0.5),
+    "si": lambda m: SynapticIntelligencePlugin(si_lambda=1.0),
+    "rwalk": lambda m: RWalkPlugin(ewc_lambda=1.0, delta_t=2),
+    "rwalk_pass": lambda m: RWalkPlugin(ewc_lambda=1.0, delta_t=2, separate_grad_pass=True),
+    # freezes all but the last Linear from the 2nd experience: DDP needs find_unused_parameters
+    "cwr": lambda m: CWRStarPlugin(m, freeze_remaining_model=True),
 }
+
+# AR1 (docs/distributed.md, "AR1"): per experience 26 patterns (13 per rank), rm_sz 9, B = 4 per rank. The second
+# experience's single-process split at W·B = 8 is 6 current + 2 replayed, i.e. 3 + 1 per rank; its 5th (last)
+# iteration has 1 current pattern per rank and replay row 8 on rank 0 only (uneven ranks).
+AR1_N, AR1_RM, AR1_PX = 26, 9, 8
+AR1_CASES: dict[str, float] = {"ar1": 0.0, "ar1_si": 0.5}  # name -> ewc_lambda (SI strength)
 
 
 def make_model() -> nn.Module:
@@ -53,8 +61,8 @@ def streams() -> tuple[list[Any], list[Any]]:
 class _GlobalBatches(Sampler[list[int]]):
     """Batch k = the concatenation over ranks of rank r's batch k under ``DistributedSampler``."""
 
-    def __init__(self, dataset: Any, strategy: Any, seed: int) -> None:
-        self.dataset, self.strategy, self.seed = dataset, strategy, seed
+    def __init__(self, dataset: Any, strategy: Any, seed: int, batch: int = B) -> None:
+        self.dataset, self.strategy, self.seed, self.batch = dataset, strategy, seed, batch
 
     def _per_rank(self) -> list[list[int]]:
         out = []
@@ -67,11 +75,11 @@ class _GlobalBatches(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         per_rank = self._per_rank()
         n = len(per_rank[0])
-        for k in range(0, n, B):
-            yield [i for idx in per_rank for i in idx[k:k + B]]
+        for k in range(0, n, self.batch):
+            yield [i for idx in per_rank for i in idx[k:k + self.batch]]
 
     def __len__(self) -> int:
-        return -(-len(self._per_rank()[0]) // B)
+        return -(-len(self._per_rank()[0]) // self.batch)
 
 
 class ReferenceNaive(Naive):
@@ -95,10 +103,13 @@ class CountingLogger:
 
 def run_case(kind: str, distributed: bool) -> dict[str, Any]:
     """Train and evaluate one case; returns parameters, plugin state and metrics (CPU tensors)."""
+    if kind in AR1_CASES:
+        return run_ar1(kind, distributed)
     model = make_model()
-    net: nn.Module = nn.parallel.DistributedDataParallel(model) if distributed else model
+    net: nn.Module = (nn.parallel.DistributedDataParallel(model, find_unused_parameters=kind == "cwr")
+                      if distributed else model)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    plugin = CASES[kind]()
+    plugin = CASES[kind](model)
     logger = CountingLogger()
     evaluator = EvaluationPlugin(Accuracy(), Loss(), Forgetting(), AccuracyMatrix(), loggers=[logger])
     cls = Naive if distributed else ReferenceNaive
@@ -112,6 +123,81 @@ def run_case(kind: str, distributed: bool) -> dict[str, Any]:
             "plugin": None if plugin is None else plugin.state_dict(),
             "metrics": evaluator.get_last_metrics(),
             "matrix": evaluator.accuracy_matrix("test"), "logged": logger.count}
+
+
+class TinyLatentNet(nn.Module):
+    """AR1's latent split at 8 px: ``lat_features`` conv + BN (BRN, eval mode: per-rank batch statistics never
+    enter), ``end_features`` without norm layers (so the run is comparable with one process), ``output``."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.lat_features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.end_features = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                          nn.Flatten())
+        self.output = nn.Linear(6, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor, latent_input: torch.Tensor | None = None,
+                return_lat_acts: bool = False) -> Any:
+        if latent_input is not None:
+            with torch.no_grad():
+                lat = self.lat_features(x)
+            feats = torch.cat((lat, latent_input))
+        else:
+            lat = feats = self.lat_features(x)
+        out = self.output(self.end_features(feats))
+        return (out, lat) if return_lat_acts else out
+
+
+def ar1_streams() -> tuple[list[Any], list[Any]]:
+    def stream(name: str, n: int, seed: int) -> Any:
+        g = torch.Generator().manual_seed(seed)
+        out = make_stream(name, n_experiences=2, n_per_exp=n, n_features=1, seed=seed)
+        for exp in out:
+            y = exp.dataset.targets
+            exp.dataset.x = torch.randn(n, 3, AR1_PX, AR1_PX, generator=g) + 0.5 * y.float().reshape(-1, 1, 1, 1)
+        return out
+    return stream("train", AR1_N, 3), stream("test", 10, 4)
+
+
+class ReferenceAR1(AR1):
+    """Single process, ``W·B`` per batch: the current patterns of batch k are the union of the ranks' batches k."""
+
+    def make_train_dataloader(self, **kwargs: Any) -> None:
+        super().make_train_dataloader(**kwargs)
+        per_rank = self._cur_bs if self._replay_bs == 0 else self._cur_bs // WORLD
+        assert self._replay_bs == 0 or per_rank * WORLD == self._cur_bs  # the test's sizes divide
+        if self._replay_bs == 0:
+            per_rank = B
+        ds = self.adapted_dataset
+        sampler = _GlobalBatches(ds, self, self.sampler_seed + self.clock.train_exp_counter, per_rank)
+        self.dataloader = DataLoader(ds, batch_sampler=sampler, collate_fn=default_collate, generator=self._generator)
+
+
+def run_ar1(kind: str, distributed: bool) -> dict[str, Any]:
+    """AR1 (CWR*, latent replay, optionally SI) over 2 experiences; parameters, buffers, memory, plugin state."""
+    torch.manual_seed(0)
+    logger = CountingLogger()
+    evaluator = EvaluationPlugin(Accuracy(), Loss(), AccuracyMatrix(), loggers=[logger])
+    cls = AR1 if distributed else ReferenceAR1
+    strategy = cls(model=TinyLatentNet(), rm_sz=AR1_RM, train_mb_size=B if distributed else WORLD * B,
+                   train_epochs=EPOCHS, eval_mb_size=3, lr=0.05, inc_lr=0.02, ewc_lambda=AR1_CASES[kind],
+                   freeze_below_layer="end_features.0", evaluator=evaluator)
+    train, test = ar1_streams()
+    splits = []
+    for exp in train:
+        strategy.train(exp)
+        splits.append(strategy.current_split)
+        strategy.eval(test)
+    model = strategy.model
+    params = dict(model.named_parameters())
+    return {"params": {n: p.detach().clone() for n, p in params.items()},
+            "buffers": {n: b.clone() for n, b in model.state_dict().items() if n not in params},
+            "memory": {"x": strategy.memory.latents.clone(), "y": strategy.memory.labels.clone()},
+            "plugin": {"cwr": strategy.cwr.state_dict(),
+                       "si": None if strategy.si is None else strategy.si.state_dict()},
+            "splits": [(c * (WORLD if distributed else 1), r * (WORLD if distributed else 1)) for c, r in splits],
+            "metrics": evaluator.get_last_metrics(), "matrix": evaluator.accuracy_matrix("test"),
+            "logged": logger.count}
 
 
 def worker(rank: int, port: int, outdir: str, kinds: list[str]) -> None:

@@ -217,7 +217,7 @@ def test_construction_errors():
     assert get_last_fc_layer(m)[0] == "1.0"
     plugin = CWRStarPlugin(m)
     assert plugin.cwr_layer is m[1][0] and plugin.saved_weights.shape == (4, 3)
-    assert plugin.supports_distributed is False
+    assert plugin.supports_distributed is True  # docs/distributed.md, "AR1"
     with pytest.raises(ValueError, match="class label 4 is outside"):
         plugin.before_training_exp(_strategy([4], 0))
 

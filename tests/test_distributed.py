@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
-from _ddp_worker import CASES, WORLD, run_case, worker
+from _ddp_worker import AR1_CASES, CASES, WORLD, run_case, worker
 
 from clfast import distributed as dist
-from clfast.plugins import EWCPlugin, MASPlugin, RWalkPlugin, SynapticIntelligencePlugin
+from clfast.plugins import CWRStarPlugin, EWCPlugin, MASPlugin, RWalkPlugin, SynapticIntelligencePlugin
+from clfast.strategies import AR1
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -34,9 +35,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     outdir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(worker, args=(_free_port(), str(outdir), list(CASES)), nprocs=WORLD, join=True)
+    kinds = [*CASES, *AR1_CASES]
+    mp.spawn(worker, args=(_free_port(), str(outdir), kinds), nprocs=WORLD, join=True)
     return {k: [torch.load(Path(outdir) / f"{k}_rank{r}.pt", weights_only=False) for r in range(WORLD)]
-            for k in CASES}
+            for k in kinds}
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -69,7 +71,7 @@ def _assert_same(a: Any, b: Any, *, exact: bool) -> None:
             assert x == y or (x != x and y != y), k
 
 
-@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("kind", [*CASES, *AR1_CASES])
 def test_ranks_identical_and_equal_to_single_process(ddp_results, kind):
     r0, r1 = ddp_results[kind]
     # loggers run on rank 0 only
@@ -88,8 +90,22 @@ def test_ranks_identical_and_equal_to_single_process(ddp_results, kind):
 
 
 def test_plugins_declare_distributed_support():
-    for cls in (MASPlugin, EWCPlugin, SynapticIntelligencePlugin, RWalkPlugin):
+    for cls in (MASPlugin, EWCPlugin, SynapticIntelligencePlugin, RWalkPlugin, CWRStarPlugin, AR1):
         assert cls.supports_distributed is True
+
+
+def test_ar1_case_exercises_replay_and_the_memory(ddp_results):
+    r0, _ = ddp_results["ar1"]
+    # 2nd experience: 6 current + 2 replayed per global batch (3 + 1 per rank), the single-process split at W·B
+    assert r0["splits"] == [(2 * 4, 0), (6, 2)]
+    assert r0["memory"]["x"].shape[0] == 9 and set(r0["memory"]["y"].tolist()) == {0, 1, 2, 3}
+    assert r0["plugin"]["cwr"]["past_j"].sum() > 0
+
+
+def test_ar1_refuses_a_wrapped_model():
+    from _ddp_worker import TinyLatentNet
+    with pytest.raises(TypeError, match="unwrapped"):
+        AR1(model=torch.nn.DataParallel(TinyLatentNet()), freeze_below_layer="end_features.0", evaluator=None)
 
 
 def test_helpers_without_a_process_group():

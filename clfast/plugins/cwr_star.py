@@ -46,7 +46,7 @@ def _state_dtype(weight: Tensor) -> torch.dtype:
     return weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-class CWRStarPlugin(SupervisedPlugin, supports_distributed=False):
+class CWRStarPlugin(SupervisedPlugin, supports_distributed=True):
     """CWR* on the Linear layer ``cwr_layer_name`` of ``model`` (§4.8).
 
     Per class c the plugin keeps a saved row ``saved_weights[c]`` (valid where ``saved_mask[c]``), the
@@ -58,6 +58,11 @@ class CWRStarPlugin(SupervisedPlugin, supports_distributed=False):
       CWR layer put in eval mode. Then ``cur_j`` = class counts of ``strategy.experience.dataset.targets``,
       ``cur_class`` = the classes present, and :meth:`reset_weights` on them.
     * ``after_training_exp``: :meth:`consolidate_weights` then :meth:`set_consolidate_weights`.
+
+    Under ``torch.distributed`` every rank holds the same state: the counts come from the whole experience's
+    targets (not the rank's shard) and the layer's weights are the same on every rank (DDP, or AR1's gradient
+    averaging). With ``freeze_remaining_model`` and a DDP-wrapped model, wrap it with
+    ``find_unused_parameters=True`` (parameters are frozen after DDP registered them), or freeze before wrapping.
 
     AR1 adds the replay memory's labels with :meth:`add_counts` after ``before_training_exp`` and then
     calls ``reset_weights(plugin.cur_class)`` again (§4.5 step 4).

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import default_collate
 
+from .. import distributed as dist
 from ..evaluation import EvaluationPlugin, default_evaluator
 from ..nn import MobileNetV1, change_brn_pars, replace_bn_with_brn
 from ..nn.batch_renorm import _BatchRenorm
@@ -26,7 +27,7 @@ from ..nn.freeze import filter_bn_and_brn, freeze_up_to
 from ..plugins import CWRStarPlugin, SynapticIntelligencePlugin
 from ..training.templates import SupervisedTemplate
 from ..training.utils import stream_name
-from .latent_replay import LatentReplayMemory, LatentStaging, minibatch_split, new_pattern_count
+from .latent_replay import LatentReplayMemory, LatentStaging, new_pattern_count, rank_minibatch_split
 
 __all__ = ["AR1", "ar1_from_optimizer", "check_latent_model"]
 
@@ -134,7 +135,15 @@ class AR1(SupervisedTemplate):
             at its end with ``lat_features`` in eval mode, as every later experience sees them (the chosen *inputs*
             are staged instead of their latents). Default False: §4.5, meant for a pretrained network (with random
             BRN statistics a latent network in eval mode does not learn).
+
+    Under ``torch.distributed`` (``docs/distributed.md``, "AR1"): pass the *unwrapped* model (AR1 converts its BN
+    layers and freezes part of it, which changes the parameters a ``DistributedDataParallel`` wrapper registers);
+    AR1 broadcasts rank 0's parameters and buffers at the first ``train()``, averages the gradients over the ranks
+    itself after every ``backward()``, shards the current patterns and keeps the replay memory replicated.
     """
+
+    #: Works under ``torch.distributed`` (``docs/distributed.md``, "AR1").
+    supports_distributed = True
 
     def __init__(
         self,
@@ -192,6 +201,10 @@ class AR1(SupervisedTemplate):
         if num_classes is not None:
             _int("num_classes", num_classes, low=1)
 
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            raise TypeError("AR1 needs the unwrapped model, not a DistributedDataParallel/DataParallel: it converts "
+                            "the BN layers and freezes part of the model, and under torch.distributed it averages the "
+                            "gradients over the ranks itself (docs/distributed.md)")
         if model is None:
             model = MobileNetV1(num_classes=50 if num_classes is None else num_classes,
                                 latent_layer_num=latent_layer_num)
@@ -223,7 +236,10 @@ class AR1(SupervisedTemplate):
         # One generator for every random draw of the strategy (loader order, memory slots and shuffles), seeded
         # from torch's global generator, so torch.manual_seed reproduces a run and state_dict() resumes it.
         self._generator = torch.Generator()
-        self._generator.manual_seed(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
+        # Under torch.distributed every rank uses rank 0's seed: the memory is replicated (docs/distributed.md).
+        self._generator.manual_seed(dist.broadcast_object(int(torch.randint(0, 2**62, (), dtype=torch.int64))))
+        self._params_broadcast = False
+        self._global_position = 0
         self._staging: LatentStaging | None = None
         self._stage_inputs = False
         self._latent_path = False
@@ -275,21 +291,29 @@ class AR1(SupervisedTemplate):
             raise ValueError(f"training experience {getattr(self.experience, 'current_experience', '?')} of stream "
                              f"'{stream_name(self.experience)}' is empty")
         exp_index = self.clock.train_exp_counter
+        world = dist.world_size()
         self._latent_path = exp_index > 0 and self.memory.allocated
-        self._cur_bs, self._replay_bs = minibatch_split(n, self.rm_sz, self.train_mb_size,
-                                                        self._latent_path and self.memory.size > 0)
+        self._cur_bs, self._replay_bs = rank_minibatch_split(n, self.rm_sz, self.train_mb_size,
+                                                             self._latent_path and self.memory.size > 0, world)
         if pin_memory is None:
             pin_memory = self.device.type == "cuda"
-        self.dataloader = DataLoader(dataset, batch_size=self._cur_bs, shuffle=shuffle, num_workers=num_workers,
+        n_total = n
+        loader_kw: dict[str, Any] = {"shuffle": shuffle}
+        if world > 1:  # this rank's shard, as the template's (docs/distributed.md, "AR1")
+            sampler = dist.distributed_sampler(dataset, shuffle=shuffle,
+                                               seed=self.sampler_seed + self.clock.train_exp_counter)
+            loader_kw = {"sampler": sampler}
+            n_total = world * len(sampler)  # the union of the shards, padded as the sampler pads
+        self.dataloader = DataLoader(dataset, batch_size=self._cur_bs, num_workers=num_workers,
                                      pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
                                      drop_last=False, generator=self._generator,
-                                     collate_fn=getattr(dataset, "collate_fn", None) or default_collate)
+                                     collate_fn=getattr(dataset, "collate_fn", None) or default_collate, **loader_kw)
         h = new_pattern_count(self.rm_sz, exp_index, n, self.memory.size)
         staging_device = self.memory.device
         if staging_device is None:
             staging_device = (torch.device("cpu") if self.memory.pin_memory else
                               self.memory.requested_device or self.device)
-        self._staging = LatentStaging(n, h, self._generator, staging_device)
+        self._staging = LatentStaging(n_total, h, self._generator, staging_device)
         self._stage_inputs = self.lat_train_mode_first_exp and exp_index == 0
 
     def training_epoch(self, **kwargs: Any) -> None:
@@ -300,6 +324,8 @@ class AR1(SupervisedTemplate):
             self.memory.shuffle_(self._generator)
         collect = self.clock.train_exp_epochs == 0 and self._staging is not None
         r = self._replay_bs
+        world, rank = dist.world_size(), dist.rank()
+        self._global_position = 0
         for it, mbatch in enumerate(self.dataloader):
             if self._stop_training:
                 break
@@ -311,7 +337,9 @@ class AR1(SupervisedTemplate):
             cur_y = self.mbatch[1]
             self._latent_input = None
             if self._latent_path:
-                lat_x, lat_y = self.memory.batch(it * r, (it + 1) * r, self.device)
+                # rank k's part of the iteration's global replay slice [it·W·r, (it+1)·W·r)
+                start = (it * world + rank) * r
+                lat_x, lat_y = self.memory.batch(start, start + r, self.device)
                 self._latent_input = lat_x
                 self.mbatch[1] = torch.cat((cur_y, lat_y))
                 if len(self.mbatch) >= 3:
@@ -321,10 +349,15 @@ class AR1(SupervisedTemplate):
             cur_x = self.mb_x
             self._trigger("before_forward", **kwargs)
             self.mb_output = self.forward()
+            positions = None
+            if world > 1:  # positions in the union of the ranks' minibatches, in rank order
+                b = int(cur_y.shape[0])
+                positions = torch.arange(b) + self._global_position + rank * b
+                self._global_position += world * b
             if collect and self._stage_inputs:
-                self._staging.add(cur_x, cur_y)  # type: ignore[union-attr]
+                self._staging.add(cur_x, cur_y, positions)  # type: ignore[union-attr]
             elif collect and self._lat_acts is not None:
-                self._staging.add(self._lat_acts, cur_y)  # type: ignore[union-attr]
+                self._staging.add(self._lat_acts, cur_y, positions)  # type: ignore[union-attr]
             self._lat_acts = None
             self._trigger("after_forward", **kwargs)
             self.loss += self.criterion()
@@ -347,13 +380,58 @@ class AR1(SupervisedTemplate):
             out, self._lat_acts = out
         return out
 
+    def backward(self) -> None:
+        """``loss.backward()``; under ``torch.distributed`` the gradients are then averaged over the ranks, each
+        rank's weighted by its rows (current plus replayed), i.e. the mean-loss gradient over the union of the
+        ranks' minibatches (their replay parts may differ in size). Before ``after_backward``, as DDP's."""
+        super().backward()
+        if dist.world_size() > 1:
+            self._average_gradients(int(self.mb_y.shape[0]))
+
+    def _average_gradients(self, rows: int) -> None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for g in grads:
+            by_dtype.setdefault(g.dtype, []).append(g)
+        dev = dist.comm_device()
+        for dtype, group in sorted(by_dtype.items(), key=lambda kv: str(kv[0])):
+            flat = torch.cat([g.detach().reshape(-1).to(dev) * rows for g in group]
+                             + [torch.full((1,), float(rows), dtype=dtype, device=dev)])
+            dist.all_reduce_sum_(flat)
+            flat = flat[:-1] / flat[-1]
+            offset = 0
+            with torch.no_grad():
+                for g in group:
+                    k = g.numel()
+                    g.copy_(flat[offset: offset + k].view_as(g))
+                    offset += k
+
+    def _before_training(self, **kwargs: Any) -> None:
+        """Under ``torch.distributed``, at the first ``train()``: rank 0's parameters and buffers on every rank."""
+        if dist.world_size() > 1 and not self._params_broadcast:
+            dev = dist.comm_device()
+            with torch.no_grad():
+                for t in self.model.state_dict().values():
+                    buf = t.to(dev)
+                    torch.distributed.broadcast(buf, src=0)
+                    t.copy_(buf)
+            self._params_broadcast = True
+        super()._before_training(**kwargs)
+
     def _after_training_exp(self, **kwargs: Any) -> None:
         """§4.7: the memory update, then the plugins' ``after_training_exp`` (SI, CWR*, evaluator, clock)."""
+        if dist.world_size() > 1:  # per-rank BRN running statistics: averaged, so every rank holds the same model
+            with torch.no_grad():
+                for t in self.model.buffers():
+                    if t.is_floating_point():
+                        t.copy_(dist.all_reduce_mean_(t.to(dist.comm_device())))
         self._update_memory()
         super()._after_training_exp(**kwargs)
 
     def _update_memory(self) -> None:
         staging, self._staging = self._staging, None
+        if staging is not None:
+            staging.merge_ranks_()  # under torch.distributed: every rank's staged rows on every rank
         got = None if staging is None else staging.collected()
         if got is None:
             return

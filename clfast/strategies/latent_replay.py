@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["LatentReplayMemory", "LatentStaging", "minibatch_split", "new_pattern_count"]
+from .. import distributed as dist
+
+__all__ = ["LatentReplayMemory", "LatentStaging", "minibatch_split", "new_pattern_count", "rank_minibatch_split"]
 
 #: Format version of :meth:`LatentReplayMemory.state_dict`.
 MEMORY_STATE_VERSION = 1
@@ -53,6 +55,25 @@ def minibatch_split(n_current: int, rm_sz: int, train_mb_size: int, replay: bool
     cur_bs = n_current // groups if groups > 0 else n_current
     cur_bs = max(1, cur_bs)
     return cur_bs, max(0, train_mb_size - cur_bs)
+
+
+def rank_minibatch_split(n_current: int, rm_sz: int, train_mb_size: int, replay: bool,
+                         world_size: int) -> tuple[int, int]:
+    """(current, replayed) patterns per minibatch *of one rank* when ``world_size`` ranks train with
+    ``train_mb_size`` each (``docs/distributed.md``, "AR1").
+
+    From the single-process split at the global batch ``W·B``, ``(cur, replay) = minibatch_split(n_current, rm_sz,
+    W·B, replay)``: each rank takes ``max(1, cur // W)`` current patterns and tops up with replay to ``B``. When
+    ``W`` divides ``cur`` the union over the ranks is exactly the single-process split at ``W·B``. ``W = 1`` is
+    :func:`minibatch_split`.
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    if world_size == 1 or not replay:
+        return minibatch_split(n_current, rm_sz, train_mb_size, replay)
+    cur, _ = minibatch_split(n_current, rm_sz, world_size * train_mb_size, replay)
+    cur = max(1, cur // world_size)
+    return cur, max(0, train_mb_size - cur)
 
 
 def new_pattern_count(rm_sz: int, exp_index: int, n_current: int, memory_size: int) -> int:
@@ -303,18 +324,29 @@ class LatentStaging:
         self.latent_shape: tuple[int, ...] | None = None
         self.dtype: torch.dtype | None = None
 
-    def add(self, acts: Tensor, labels: Tensor) -> None:
-        """Stage the chosen rows of one minibatch's current latents ``acts`` and their ``labels``."""
+    def add(self, acts: Tensor, labels: Tensor, positions: Tensor | None = None) -> None:
+        """Stage the chosen rows of one minibatch's current latents ``acts`` and their ``labels``.
+
+        ``positions``: the rows' positions in the draw's order (distributed AR1: their positions in the union of
+        the ranks' minibatches); default the next ``len(acts)`` positions after the previous call's."""
         b = int(acts.shape[0])
         if labels.shape[0] != b:
             raise ValueError(f"{b} latents but {labels.shape[0]} labels")
         if self.latent_shape is None:
             self.latent_shape, self.dtype = tuple(acts.shape[1:]), acts.dtype
             self.x = torch.empty((self.h, *self.latent_shape), dtype=acts.dtype, device=self.device)
-        if self.position + b > self.n_total:
-            raise RuntimeError(f"the first epoch yielded more than the experience's {self.n_total} patterns")
-        slots = self.slot_of[self.position: self.position + b]
-        self.position += b
+        if positions is None:
+            if self.position + b > self.n_total:
+                raise RuntimeError(f"the first epoch yielded more than the experience's {self.n_total} patterns")
+            slots = self.slot_of[self.position: self.position + b]
+            self.position += b
+        else:
+            pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1).cpu()
+            if pos.shape[0] != b:
+                raise ValueError(f"{b} latents but {pos.shape[0]} positions")
+            if b and (int(pos.min()) < 0 or int(pos.max()) >= self.n_total):
+                raise RuntimeError(f"staging positions outside the experience's {self.n_total} patterns")
+            slots = self.slot_of[pos]
         rows = torch.nonzero(slots >= 0).squeeze(1)
         if rows.numel() == 0:
             return
@@ -327,6 +359,23 @@ class LatentStaging:
         dst_dev = dst.to(self.device, non_blocking=True)
         self.x.index_copy_(0, dst_dev, picked.to(self.device, self.x.dtype))
         self.y.index_copy_(0, dst_dev, picked_y.to(self.device, torch.long))
+
+    def merge_ranks_(self) -> None:
+        """Under ``torch.distributed``: every rank staged the chosen rows it saw (disjoint positions); afterwards
+        every rank holds all of them (one sum over the ranks of the zero-filled buffers, exact). A no-op in a
+        single process. Every rank must call it, after the same number of :meth:`add` calls' worth of epochs."""
+        if dist.world_size() <= 1 or self.x is None:
+            return
+        dev = dist.comm_device()
+        written = self.written.to(self.device)
+        x = torch.where(written.reshape(-1, *([1] * (self.x.dim() - 1))), self.x,
+                        torch.zeros((), dtype=self.x.dtype, device=self.device)).to(dev)
+        meta = torch.stack((torch.where(written, self.y, torch.zeros_like(self.y)).to(dev),
+                            written.long().to(dev)))
+        dist.all_reduce_sum_(x)
+        dist.all_reduce_sum_(meta)
+        self.x, self.y = x.to(self.device), meta[0].to(self.device)
+        self.written = meta[1].cpu() > 0
 
     def collected(self) -> tuple[Tensor, Tensor] | None:
         """The staged (latents, labels), in draw order; only rows actually seen (an epoch stopped early sees

@@ -87,6 +87,8 @@ class BaseTemplate:
         self._distributed_checked = True
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             bad = [type(p).__name__ for p in self.plugins if not getattr(p, "supports_distributed", False)]
+            if not getattr(self, "supports_distributed", True):  # a strategy may opt out with a False attribute
+                bad.insert(0, type(self).__name__)
             if bad:
                 warnings.warn(f"plugins without distributed support: {bad}", stacklevel=3)
 
