@@ -90,7 +90,7 @@ class BaseTemplate:
             if not getattr(self, "supports_distributed", True):  # a strategy may opt out with a False attribute
                 bad.insert(0, type(self).__name__)
             if bad:
-                warnings.warn(f"plugins without distributed support: {bad}", stacklevel=3)
+                warnings.warn(f"strategy or plugins without distributed support: {bad}", stacklevel=3)
 
     # ---------------------------------------------------------------- train
     def train(self, experiences: ExpList, eval_streams: Iterable[Any] | None = None, **kwargs: Any) -> dict:
