@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from .._checks import check_int
 
 __all__ = ["MOBILENET_V1_LAYERS", "LayerSpec", "MobileNetV1", "pytorchcv_to_clfast"]
 
@@ -75,15 +77,6 @@ class _ConvBlock(nn.Module):
         return self.activ(self.bn(self.conv(x)))
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {rng}, got {value}")
-    return value
-
-
 class MobileNetV1(nn.Module):
     """MobileNetV1 split into ``lat_features`` (entries ``0..latent_layer_num``) and ``end_features`` (§4.2).
 
@@ -116,9 +109,9 @@ class MobileNetV1(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        self.num_classes = _check_int("num_classes", num_classes, 1)
-        self.latent_layer_num = _check_int("latent_layer_num", latent_layer_num, 0, _NUM_BLOCKS - 1)
-        self.in_channels = _check_int("in_channels", in_channels, 1)
+        self.num_classes = check_int("num_classes", num_classes, low=1)
+        self.latent_layer_num = check_int("latent_layer_num", latent_layer_num, low=0, high=_NUM_BLOCKS - 1)
+        self.in_channels = check_int("in_channels", in_channels, low=1)
         if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not width_mult > 0:
             raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
         self.width_mult = float(width_mult)
@@ -170,7 +163,7 @@ class MobileNetV1(nn.Module):
 
     def entry_name(self, index: int) -> str:
         """Module name of layer-table entry ``index``: ``lat_features.i`` or ``end_features.j``."""
-        _check_int("index", index, 0, len(MOBILENET_V1_LAYERS) - 1)
+        check_int("index", index, low=0, high=len(MOBILENET_V1_LAYERS) - 1)
         if index <= self.latent_layer_num:
             return f"lat_features.{index}"
         return f"end_features.{index - self.latent_layer_num - 1}"
@@ -188,11 +181,11 @@ class MobileNetV1(nn.Module):
         if isinstance(image_size, int) and not isinstance(image_size, bool):
             h, w = image_size, image_size
         elif isinstance(image_size, (tuple, list)) and len(image_size) == 2:
-            h, w = (_check_int("image_size", v, 1) for v in image_size)
+            h, w = (check_int("image_size", v, low=1) for v in image_size)
         else:
             raise TypeError(f"image_size must be an int or (H, W), got {image_size!r}")
-        _check_int("image_size", h, 1)
-        _check_int("image_size", w, 1)
+        check_int("image_size", h, low=1)
+        check_int("image_size", w, low=1)
         for spec in MOBILENET_V1_LAYERS[: self.latent_layer_num + 1]:
             if spec.stride == 2:  # 3×3, padding 1, stride 2: ceil(n / 2)
                 h, w = (h + 1) // 2, (w + 1) // 2
@@ -293,7 +286,7 @@ def pytorchcv_to_clfast(state_dict: Mapping[str, Tensor], latent_layer_num: int 
     the following entries (``lat_features.i`` up to ``latent_layer_num``, then ``end_features.j``);
     ``output.*`` (the ImageNet classifier) is dropped. Any other key raises ``ValueError``.
     """
-    _check_int("latent_layer_num", latent_layer_num, 0, _NUM_BLOCKS - 1)
+    check_int("latent_layer_num", latent_layer_num, low=0, high=_NUM_BLOCKS - 1)
     prefix_to_entry = {f"features.{spec.pytorchcv_name}.": i for i, spec in enumerate(MOBILENET_V1_LAYERS[:-1])}
     out: dict[str, Tensor] = {}
     unknown: list[str] = []

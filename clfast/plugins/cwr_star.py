@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_bool
 from ..training.plugins import SupervisedPlugin
-from ._flat import STATE_VERSION, check_bool, check_header
+from ._flat import STATE_VERSION, check_header
 
 __all__ = ["CWRStarPlugin", "get_last_fc_layer"]
 

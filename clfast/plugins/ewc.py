@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from .._checks import check_bool, check_float
 from ..distributed import unwrap
 from ..training.plugins import SupervisedPlugin
 from ._flat import (
@@ -17,8 +18,6 @@ from ._flat import (
     ParamTable,
     add_penalty_grad_,
     add_to_loss,
-    check_bool,
-    check_float,
     check_header,
     experience_loader,
     forward_batch,

@@ -10,14 +10,13 @@ import torch
 from torch import nn
 
 from .. import ops
+from .._checks import check_bool, check_float
 from ..training.plugins import SupervisedPlugin
 from ._flat import (
     STATE_VERSION,
     ParamTable,
     add_penalty_grad_,
     add_to_loss,
-    check_bool,
-    check_float,
     check_header,
     experience_loader,
     forward_batch,

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from .._checks import check_bool, check_float, check_int
 from ..distributed import unwrap
 from ..training.plugins import SupervisedPlugin
 from ._flat import (
@@ -17,10 +18,7 @@ from ._flat import (
     ParamTable,
     add_penalty_grad_,
     add_to_loss,
-    check_bool,
-    check_float,
     check_header,
-    check_int,
     forward_batch,
     module_modes,
     names_as_set,

@@ -12,16 +12,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from .. import ops
+from .._checks import check_float
 from ..training.plugins import SupervisedPlugin
-from ._flat import (
-    STATE_VERSION,
-    ParamTable,
-    add_penalty_grad_,
-    add_to_loss,
-    check_float,
-    check_header,
-    penalty_value,
-)
+from ._flat import STATE_VERSION, ParamTable, add_penalty_grad_, add_to_loss, check_header, penalty_value
 
 __all__ = ["SynapticIntelligencePlugin", "si_allowed_parameters"]
 

@@ -10,7 +10,6 @@ labels, a memory reshuffled every epoch, preallocated storage, freeze targets th
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import default_collate
 
 from .. import distributed as dist
+from .._checks import check_float, check_int
 from ..evaluation import EvaluationPlugin, default_evaluator
 from ..nn import MobileNetV1, change_brn_pars, replace_bn_with_brn
 from ..nn.batch_renorm import _BatchRenorm
@@ -67,24 +67,6 @@ def check_latent_model(model: Any) -> nn.Module:
     if lacking:
         raise TypeError(f"AR1's model needs {need}; {type(model).__name__}.forward has no parameter(s) {lacking}")
     return model
-
-
-def _number(name: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < low or (low_open and v == low) or v > high:
-        lo = "(" if low_open else "["
-        raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}], got {value!r}")
-    return v
-
-
-def _int(name: str, value: Any, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
 
 
 class AR1(SupervisedTemplate):
@@ -175,20 +157,20 @@ class AR1(SupervisedTemplate):
         pin_memory: bool = False,
         lat_train_mode_first_exp: bool = False,
     ) -> None:
-        self.lr = _number("lr", lr, low=0.0, low_open=True)
-        self.inc_lr = _number("inc_lr", inc_lr, low=0.0, low_open=True)
-        self.momentum = _number("momentum", momentum, low=0.0, high=1.0)
+        self.lr = check_float("lr", lr, low=0.0, low_open=True)
+        self.inc_lr = check_float("inc_lr", inc_lr, low=0.0, low_open=True)
+        self.momentum = check_float("momentum", momentum, low=0.0, high=1.0)
         if self.momentum == 1.0:
             raise ValueError("momentum must be < 1, got 1")
-        self.l2 = _number("l2", l2, low=0.0)
-        self.init_update_rate = _number("init_update_rate", init_update_rate, low=0.0, high=1.0)
-        self.inc_update_rate = _number("inc_update_rate", inc_update_rate, low=0.0, high=1.0)
-        self.max_r_max = _number("max_r_max", max_r_max, low=1.0)
-        self.max_d_max = _number("max_d_max", max_d_max, low=0.0)
-        self.inc_step = _number("inc_step", inc_step, low=0.0)
-        self.rm_sz = _int("rm_sz", rm_sz, low=0)
-        self.latent_layer_num = _int("latent_layer_num", latent_layer_num, low=0)
-        self.ewc_lambda = _number("ewc_lambda", ewc_lambda, low=0.0)
+        self.l2 = check_float("l2", l2, low=0.0)
+        self.init_update_rate = check_float("init_update_rate", init_update_rate, low=0.0, high=1.0)
+        self.inc_update_rate = check_float("inc_update_rate", inc_update_rate, low=0.0, high=1.0)
+        self.max_r_max = check_float("max_r_max", max_r_max, low=1.0)
+        self.max_d_max = check_float("max_d_max", max_d_max, low=0.0)
+        self.inc_step = check_float("inc_step", inc_step, low=0.0)
+        self.rm_sz = check_int("rm_sz", rm_sz, low=0)
+        self.latent_layer_num = check_int("latent_layer_num", latent_layer_num, low=0)
+        self.ewc_lambda = check_float("ewc_lambda", ewc_lambda, low=0.0)
         if not isinstance(freeze_below_layer, str) or not freeze_below_layer:
             raise TypeError(f"freeze_below_layer must be a layer or parameter name (a non-empty str), got "
                             f"{freeze_below_layer!r}")
@@ -199,7 +181,7 @@ class AR1(SupervisedTemplate):
             raise TypeError(f"lat_train_mode_first_exp must be a bool, got {type(lat_train_mode_first_exp).__name__}")
         self.lat_train_mode_first_exp = lat_train_mode_first_exp
         if num_classes is not None:
-            _int("num_classes", num_classes, low=1)
+            check_int("num_classes", num_classes, low=1)
 
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             raise TypeError("AR1 needs the unwrapped model, not a DistributedDataParallel/DataParallel: it converts "
