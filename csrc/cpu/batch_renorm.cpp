@@ -242,6 +242,23 @@ void planar_apply(int64_t N, int64_t C, int64_t S, const F& fn) {
   });
 }
 
+// The elementwise pass of both forwards: out = (x - center[c]) * scale[c] + shift[c], either layout.
+template <typename T, typename A>
+void affine_pass(const Layout& l, T* out, const AffineSoA<A>& f) {
+  const T* x = l.x.const_data_ptr<T>();
+  const int64_t C = l.C, S = l.S;
+  if (!l.interleaved) {
+    planar_apply(l.N, C, S, [&](int64_t p, int64_t c) {
+      CLFAST_BRN_CALL(affine, T, A, x + p * S, out + p * S, 1, S, S, f.center[c], f.scale[c], f.shift[c]);
+    });
+    return;
+  }
+  chunked_rows(l.N, C, [&](int64_t r0, int64_t nr) {
+    CLFAST_BRN_CALL(rows_affine, T, A, x + r0 * C, out + r0 * C, nr, C, f.center.data(), f.scale.data(),
+                    f.shift.data());
+  });
+}
+
 template <typename T, typename P>
 void train_forward_typed(const Layout& l, const at::Tensor& weight, const at::Tensor& bias,
                          const at::Tensor& run_mean, const at::Tensor& run_std, const at::Tensor& r_max_t,
@@ -277,60 +294,39 @@ void train_forward_typed(const Layout& l, const at::Tensor& weight, const at::Te
     return t.affine;
   };
 
+  // Shift of each channel: its first element (planar: plane (0, c); interleaved: row 0).
+  std::vector<A> K(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) K[c] = static_cast<A>(x[l.interleaved ? c : c * S]);
+  std::vector<double> s, ss;
   if (!l.interleaved) {
-    std::vector<A> K(static_cast<size_t>(C));
-    for (int64_t c = 0; c < C; ++c) K[c] = static_cast<A>(x[c * S]);
-    std::vector<double> s, ss;
     planar_channel_sums(N, C, S, s, ss, [&](int64_t p, int64_t c, double& a, double& q) {
       CLFAST_BRN_CALL(shifted_sums, T, A, x + p * S, 1, S, S, K[c], a, q);
     });
-    AffineSoA<A> f(C);
-    for (int64_t c = 0; c < C; ++c) f.set(c, finish(c, static_cast<double>(K[c]), s[c], ss[c]));
-    planar_apply(N, C, S, [&](int64_t p, int64_t c) {
-      CLFAST_BRN_CALL(affine, T, A, x + p * S, out + p * S, 1, S, S, f.center[c], f.scale[c], f.shift[c]);
+  } else {
+    chunked_channel_sums(N, C, s, ss, [&](int64_t r0, int64_t nr, double* ps, double* pss) {
+      CLFAST_BRN_CALL(rows_shifted_sums, T, A, x + r0 * C, nr, C, K.data(), ps, pss);
     });
-    return;
   }
-  std::vector<A> K(static_cast<size_t>(C));
-  for (int64_t c = 0; c < C; ++c) K[c] = static_cast<A>(x[c]);
-  std::vector<double> s, ss;
-  chunked_channel_sums(N, C, s, ss, [&](int64_t r0, int64_t nr, double* ps, double* pss) {
-    CLFAST_BRN_CALL(rows_shifted_sums, T, A, x + r0 * C, nr, C, K.data(), ps, pss);
-  });
   AffineSoA<A> f(C);
   for (int64_t c = 0; c < C; ++c) f.set(c, finish(c, static_cast<double>(K[c]), s[c], ss[c]));
-  chunked_rows(N, C, [&](int64_t r0, int64_t nr) {
-    CLFAST_BRN_CALL(rows_affine, T, A, x + r0 * C, out + r0 * C, nr, C, f.center.data(), f.scale.data(),
-                    f.shift.data());
-  });
+  affine_pass<T, A>(l, out, f);
 }
 
 template <typename T, typename P>
 void eval_forward_typed(const Layout& l, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& run_mean,
                         const at::Tensor& run_std, at::Tensor& y) {
   using A = acc_t<T, P>;
-  const T* x = l.x.const_data_ptr<T>();
-  T* out = y.data_ptr<T>();
   const P* w = weight.const_data_ptr<P>();
   const P* b = bias.const_data_ptr<P>();
   const P* rm = run_mean.const_data_ptr<P>();
   const P* rs = run_std.const_data_ptr<P>();
-  const int64_t C = l.C, S = l.S, N = l.N;
+  const int64_t C = l.C;
   AffineSoA<A> f(C);
   for (int64_t c = 0; c < C; ++c) {
     f.set(c, eval_channel<A>(static_cast<A>(rm[c]), static_cast<A>(rs[c]), static_cast<A>(w[c]),
                              static_cast<A>(b[c])));
   }
-  if (!l.interleaved) {
-    planar_apply(N, C, S, [&](int64_t p, int64_t c) {
-      CLFAST_BRN_CALL(affine, T, A, x + p * S, out + p * S, 1, S, S, f.center[c], f.scale[c], f.shift[c]);
-    });
-    return;
-  }
-  chunked_rows(N, C, [&](int64_t r0, int64_t nr) {
-    CLFAST_BRN_CALL(rows_affine, T, A, x + r0 * C, out + r0 * C, nr, C, f.center.data(), f.scale.data(),
-                    f.shift.data());
-  });
+  affine_pass<T, A>(l, y.data_ptr<T>(), f);
 }
 
 template <typename T, typename P>
