@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .cli_train import _json_safe
 from .training import checkpoint as ck
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -28,15 +29,9 @@ _KILL_AFTER = "CLFAST_TEST_KILL_AFTER_CHECKPOINT"
 _KILL_DURING = "CLFAST_TEST_KILL_DURING_CHECKPOINT"
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The options that define the run (a resumed run must use the same)."""
-    return {k: _plain(v) for k, v in sorted(vars(args).items()) if k not in _FREE}
+    return {k: _json_safe(v) for k, v in sorted(vars(args).items()) if k not in _FREE}
 
 
 def load_for_resume(args: argparse.Namespace, strategy: Any) -> tuple[int, dict[str, Any]]:
