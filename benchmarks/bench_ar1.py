@@ -13,7 +13,7 @@ Contenders:
 - ``avalanche``: Avalanche's ``AR1`` written out below in the same template (``avalanche-semantics.md`` §4):
   eager ``BatchRenorm2D`` (``bench_batch_renorm.AvalancheBatchRenorm2D``, with Avalanche's eval branch, which still
   computes the batch statistics), CWR* consolidating in numpy with its state on the model object, SI from
-  ``tests/_avalanche_plugins.AvalancheSI`` (state on the CPU: host copies every iteration), the memory on the CPU
+  ``clfast.testing.avalanche.AvalancheSI`` (state on the CPU: host copies every iteration), the memory on the CPU
   replayed in sequential slices, and every first-epoch latent appended to a CPU buffer with ``torch.cat``.
 
 Both use the issue's hyper-parameters (SI on with ``--ewc-lambda``, default 1; 0 turns SI off in both). An
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -45,16 +44,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _avalanche_plugins import AvalancheSI
-from _cl_fakes import Experience, Stream, TensorExperienceDataset
-from bench_batch_renorm import AvalancheBatchRenorm2D
-from bench_state_ops import device_name, sync, write_results
-
 import clfast
 from clfast.nn import MobileNetV1, filter_bn_and_brn, freeze_up_to
 from clfast.strategies import AR1
+from clfast.testing.avalanche import AvalancheBatchRenorm2D, AvalancheSI
+from clfast.testing.bench import device_name, sync, write_results
+from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 from clfast.training import SupervisedTemplate
 
 HERE = Path(__file__).resolve().parent

@@ -22,7 +22,6 @@ Usage: ``python benchmarks/bench_batch_renorm.py [--quick] [--device cpu|cuda] [
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,11 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_state_ops import device_name, sync, time_contenders, write_results
-
 import clfast
 from clfast.nn import BatchRenorm2d
+from clfast.testing.avalanche import AvalancheBatchRenorm2D
+from clfast.testing.bench import device_name, sync, time_contenders, write_results
 
 # Two-pass floor in bytes per element, in units of the element size (performance-model.md).
 FLOOR = {"fwd": 3, "fwd+bwd": 8}
@@ -43,36 +41,6 @@ FLOOR = {"fwd": 3, "fwd+bwd": 8}
 MOBILENET_128 = [(32, 64), (64, 64), (128, 32), (256, 16), (512, 8), (1024, 4)]
 RESNET50_224 = [(64, 112), (64, 56), (256, 56), (128, 28), (512, 28), (256, 14), (1024, 14), (512, 7), (2048, 7)]
 ISSUE_SHAPES = [(64, 32), (256, 16), (512, 8)]  # the shapes of the issue's CPU target, batch 32
-
-
-class AvalancheBatchRenorm2D(nn.Module):
-    """Avalanche's BatchRenorm2D training forward (§5.2) as its chain of eager ops, with a sane init."""
-
-    def __init__(self, C: int, eps: float = 1e-5, momentum: float = 0.01, step: float = 1e-4):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(1, C, 1, 1))
-        self.beta = nn.Parameter(torch.zeros(1, C, 1, 1))
-        self.running_avg_mean = torch.zeros(1, C, 1, 1)
-        self.running_avg_std = torch.ones(1, C, 1, 1)
-        self.eps, self.momentum, self.step = eps, momentum, step
-        self.r_max, self.d_max, self.max_r_max, self.max_d_max = 1.0, 0.0, 3.0, 5.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.running_avg_mean = self.running_avg_mean.to(x.device)
-        self.running_avg_std = self.running_avg_std.to(x.device)
-        batch_ch_mean = torch.mean(x, dim=(0, 2, 3), keepdim=True)
-        batch_ch_std = torch.sqrt(torch.var(x, dim=(0, 2, 3), keepdim=True, unbiased=False) + self.eps)
-        r = torch.clamp(batch_ch_std.data / self.running_avg_std, 1.0 / self.r_max, self.r_max)
-        d = torch.clamp((batch_ch_mean.data - self.running_avg_mean) / self.running_avg_std, -self.d_max, self.d_max)
-        x = (x - batch_ch_mean) * r / batch_ch_std + d
-        x = self.gamma * x + self.beta
-        if self.r_max < self.max_r_max:
-            self.r_max += self.step * x.shape[0]
-        if self.d_max < self.max_d_max:
-            self.d_max += self.step * x.shape[0]
-        self.running_avg_mean = self.running_avg_mean + self.momentum * (batch_ch_mean.data - self.running_avg_mean)
-        self.running_avg_std = self.running_avg_std + self.momentum * (batch_ch_std.data - self.running_avg_std)
-        return x
 
 
 class _SyncBNPrimsBRN(torch.autograd.Function):

@@ -5,7 +5,7 @@ class-incremental stream of two experiences (classes 0-4, then 5-9; random tenso
 ``clfast.strategies.Naive`` (plain SGD by default, a shuffled ``DataLoader`` built by the template, an evaluator
 without metrics). Contenders: Naive alone; clfast's ``MASPlugin``, ``EWCPlugin`` (online, decay 0.9),
 ``SynapticIntelligencePlugin`` and ``RWalkPlugin`` (issue defaults); and the Avalanche-style eager versions of
-the same four from ``tests/_avalanche_plugins.py`` (Python loops over parameters, as Avalanche; RWalk with its
+the same four from ``clfast.testing.avalanche`` (Python loops over parameters, as Avalanche; RWalk with its
 extra eval-mode pass, SI with Avalanche's CPU state, including the CPU aliasing that skips the host copies on
 a CPU model, as the real Avalanche does there).
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import threading
 import time
 import traceback
@@ -43,15 +42,12 @@ from typing import Any
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _avalanche_plugins import AvalancheEWC, AvalancheMAS, AvalancheRWalk, AvalancheSI
-from _cl_fakes import Experience, Stream, TensorExperienceDataset
-from bench_state_ops import device_name, sync
-
 import clfast
 import clfast.plugins as clfast_plugins
 from clfast.strategies import Naive
+from clfast.testing.avalanche import AvalancheEWC, AvalancheMAS, AvalancheRWalk, AvalancheSI
+from clfast.testing.bench import device_name, sync
+from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 
 HERE = Path(__file__).resolve().parent
 PLUGINS = ("mas", "ewc", "si", "rwalk")
@@ -342,7 +338,7 @@ def to_markdown(result: dict) -> str:
              f"2-experience class-incremental synthetic stream, batch {result['batch']}, "
              f"SGD(lr 0.01, momentum {result['momentum']}); "
              f"median of the timed iterations (interleaved, per model below) after {result['warmup']} warm-up ones. "
-             "`avalanche-style` = the eager transcriptions of `tests/_avalanche_plugins.py` (RWalk with its extra "
+             "`avalanche-style` = the eager transcriptions of `clfast.testing.avalanche` (RWalk with its extra "
              "eval-mode pass; SI with Avalanche's CPU aliasing, i.e. no host copies on a CPU model, as the real "
              "library); `Avalanche 0.6.0` = the real library's ratio as measured in the issue (CPU only). "
              "EWC in online mode. `met` compares the median ratio with the target; `× of min` = fastest iteration over "

@@ -20,31 +20,21 @@ Usage: ``python benchmarks/bench_state_ops.py [--quick] [--compile] [--device cp
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_shapes import MODELS
-
 import clfast
 import clfast.ops as ops
+from clfast.testing.bench import copy_bandwidth, device_name, time_contenders, write_results
+from clfast.testing.model_shapes import MODELS
 
-# Minimum fp32 memory traffic per parameter element (shared/reference/performance-model.md).
+# Minimum fp32 memory traffic per parameter element (docs/performance-model.md).
 FLOOR_BYTES = {"penalty": 20, "mas": 12, "ewc": 12, "si": 24}
 LAM, ALPHA = 0.5, 0.9
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 class Workload:
@@ -175,30 +165,6 @@ def check_against_loop(shapes, device: str) -> None:
 # ---- timing ------------------------------------------------------------------------------------
 
 
-def time_contenders(w: Workload, contenders: dict[str, Callable], device: str, reps: int) -> dict[str, float]:
-    """Median seconds per call; contenders interleaved so drift hits all alike."""
-    for fn in contenders.values():  # warm-up
-        fn(w)
-    sync(device)
-    samples: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(reps):
-        for name, fn in contenders.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn(w)
-            sync(device)
-            samples[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def copy_bandwidth(numel: int, device: str, reps: int) -> float:
-    """Bytes/s of dst.copy_(src) for `numel` fp32 elements (read + write counted)."""
-    src = torch.rand(numel, device=device)
-    dst = torch.empty_like(src)
-    t = time_contenders(None, {"copy": lambda _: dst.copy_(src)}, device, reps)["copy"]
-    return 8 * numel / t
-
-
 def run_case(label: str, shapes, device: str, reps: int, ops_to_run, compile_foreach: bool) -> list[dict]:
     w = Workload(shapes, device)
     copy_bw = copy_bandwidth(w.numel, device, reps)
@@ -229,20 +195,6 @@ def sweep_cases(quick: bool):
         n = 100
         cases.append((f"count=100,numel=1e{round(math.log10(s))}", [(max(1, s // n),)] * n))
     return cases
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 def to_markdown(result: dict) -> str:
@@ -289,16 +241,6 @@ def main(argv: list[str] | None = None) -> dict:
               "clfast": clfast.__version__, "date": time.strftime("%Y-%m-%d"), "reps": reps, "rows": rows}
     write_results(Path(args.out), "state_ops", args.device, result, to_markdown(result))
     return result
-
-
-def write_results(out: Path, prefix: str, device: str, result: dict, md: str, suffix: str = "") -> None:
-    """Writes ``<prefix>_<device tag><suffix>.json`` and ``.md`` under ``out`` and prints the markdown."""
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f"{device}-{torch.get_num_threads()}threads" if device == "cpu" else \
-        torch.cuda.get_device_name().replace(" ", "_")
-    (out / f"{prefix}_{tag}{suffix}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{prefix}_{tag}{suffix}.md").write_text(md)
-    print(md)
 
 
 if __name__ == "__main__":

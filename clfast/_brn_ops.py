@@ -1,6 +1,6 @@
 """Batch Renormalization ops: fakes, autograd and typed wrappers of ``torch.ops.clfast.batch_renorm_*``.
 
-Math (Ioffe 2017; ``shared/reference/avalanche-semantics.md`` §5), per channel over the m = N·H·W
+Math (Ioffe 2017; ``docs/avalanche-semantics.md`` §5), per channel over the m = N·H·W
 elements of a batch::
 
     σ_B = sqrt(var_B + eps)                      (biased variance)

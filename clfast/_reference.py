@@ -3,7 +3,7 @@
 Each function takes the same arguments as its ``clfast.ops`` twin and computes the same result
 one parameter at a time with ordinary tensor ops. Functions whose op works in place return new
 tensors instead (the updated state), so a test can compare. Arithmetic is done in float64.
-Formulas: ``shared/reference/avalanche-semantics.md`` §2 (MAS), §3.2 (RWalk), §4.9 (SI).
+Formulas: ``docs/avalanche-semantics.md`` §2 (MAS), §3.2 (RWalk), §4.9 (SI).
 """
 
 from __future__ import annotations

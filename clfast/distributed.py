@@ -81,14 +81,21 @@ def all_reduce_mean_(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def all_reduce_grads_(params: Sequence[Tensor]) -> None:
+def all_reduce_grads_(params: Sequence[Tensor], *, weight: float | None = None, missing: str = "zeros") -> None:
     """Average the ``.grad`` of ``params`` over all ranks, in place, with one collective per dtype.
 
     What DistributedDataParallel does after ``backward()``, for passes that run outside it (the plugins'
-    importance passes). A parameter that requires grad but has no ``.grad`` on this rank takes part as
-    zeros and is given a zero ``.grad`` (another rank may have one; adding |0| or 0² changes no importance).
-    Parameters that do not require grad are skipped. A no-op when not distributed.
+    importance passes, AR1). Parameters that do not require grad are skipped. A parameter that requires
+    grad but has no ``.grad`` on this rank takes part as zeros and is given a zero ``.grad`` with
+    ``missing="zeros"`` (another rank may have one; adding |0| or 0² changes no importance), or is left out
+    with ``missing="skip"`` (every rank must then have the same set of gradients, as in AR1).
+
+    With ``weight`` (this rank's, > 0) the result is the weighted mean Σ_r w_r·g_r / Σ_r w_r, e.g. the
+    mean-loss gradient over the union of the ranks' minibatches when w_r is rank r's row count. A no-op
+    when not distributed.
     """
+    if missing not in ("zeros", "skip"):
+        raise ValueError(f"missing must be 'zeros' or 'skip', got {missing!r}")
     n = world_size()
     if n <= 1:
         return
@@ -97,16 +104,21 @@ def all_reduce_grads_(params: Sequence[Tensor]) -> None:
         if not p.requires_grad:
             continue
         if p.grad is None:
+            if missing == "skip":
+                continue
             p.grad = torch.zeros_like(p)
         grads.append(p.grad)
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
     for g in grads:
         by_dtype.setdefault(g.dtype, []).append(g)
     dev = comm_device()
-    for dtype, group in by_dtype.items():
-        flat = torch.cat([g.detach().reshape(-1).to(dev) for g in group]) if group else torch.zeros(0, dtype=dtype)
+    for dtype, group in sorted(by_dtype.items(), key=lambda kv: str(kv[0])):  # the same order on every rank
+        parts = [g.detach().reshape(-1).to(dev) for g in group]
+        if weight is not None:  # Σ w·g and Σ w in one collective
+            parts = [x * weight for x in parts] + [torch.full((1,), float(weight), dtype=dtype, device=dev)]
+        flat = torch.cat(parts)
         torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
-        flat.div_(n)
+        flat = flat.div_(n) if weight is None else flat[:-1] / flat[-1]
         offset = 0
         with torch.no_grad():
             for g in group:

@@ -18,12 +18,14 @@ inputs. The penalty ops default to ``False``: a NaN there shows up in the return
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "GradMode",
     "check_finite",
     "ema_sq_update_",
     "mas_importance_update_",
@@ -204,7 +206,25 @@ def quad_penalty(
     return _ops.quad_penalty(params, importance, anchor, float(lam))
 
 
+class GradMode(enum.IntEnum):
+    """What ``quad_penalty_grad_`` does with each entry's gradient (the op's ``grad_mode`` list)."""
+
+    #: ``.grad += 2λΩ⊙(θ−θ*)`` (the parameter has a gradient).
+    ACCUMULATE = 0
+    #: ``.grad = 2λΩ⊙(θ−θ*)`` into a new tensor (requires grad, no gradient yet: what autograd would do).
+    WRITE = 1
+    #: no gradient (``requires_grad=False``, or an entry outside the penalty); still counts in the value.
+    SKIP = 2
+
+
 _PLACEHOLDER: dict[torch.device, Tensor] = {}
+
+
+def _placeholder(device: torch.device) -> Tensor:
+    t = _PLACEHOLDER.get(device)
+    if t is None:
+        t = _PLACEHOLDER.setdefault(device, torch.empty(0, device=device))
+    return t
 
 
 def quad_penalty_grad_(
@@ -213,15 +233,18 @@ def quad_penalty_grad_(
     anchor: Tensor,
     lam: float,
     *,
+    penalised: Sequence[bool] | None = None,
     check_finite: bool = False,
 ) -> Tensor:
     """Add the penalty gradient 2λΩ(θ−θ*) straight into each ``param.grad``; return the value.
 
     One fused pass reads θ, θ*, Ω and ``.grad`` and writes ``.grad`` (20 B per fp32 element).
-    A parameter that requires grad but has ``.grad is None`` gets a new ``.grad`` holding the
-    penalty gradient; a parameter with ``requires_grad=False`` gets no gradient but still counts
-    in the value. The returned value λ·Σ Ω(θ−θ*)² is detached (0-dim, state dtype): add it to the
-    reported loss, not to the loss you call ``backward`` on.
+    What autograd would do with the penalty in the loss: a parameter that requires grad but has
+    ``.grad is None`` gets a new ``.grad`` holding the penalty gradient; a parameter with
+    ``requires_grad=False`` gets no gradient but still counts in the value. An entry with
+    ``penalised[i]`` False is outside the penalty's gradient when its ``.grad`` is None (it is left
+    None). The returned value λ·Σ Ω(θ−θ*)² is detached (0-dim, state dtype): add it to the reported
+    loss, not to the loss you call ``backward`` on.
     """
     params = list(params)
     if check_finite:
@@ -229,23 +252,21 @@ def quad_penalty_grad_(
     grads: list[Tensor] = []
     modes: list[int] = []
     fresh: list[tuple[Tensor, Tensor]] = []
-    for p in params:
-        if not p.requires_grad:
-            placeholder = _PLACEHOLDER.get(p.device)
-            if placeholder is None:
-                placeholder = _PLACEHOLDER.setdefault(p.device, torch.empty(0, device=p.device))
-            grads.append(placeholder)
-            modes.append(2)
-        elif p.grad is None:
+    for i, p in enumerate(params):
+        g = p.grad
+        if not p.requires_grad or (g is None and penalised is not None and not penalised[i]):
+            grads.append(_placeholder(p.device))
+            modes.append(GradMode.SKIP)
+        elif g is None:
             g = torch.empty_like(p, memory_format=torch.contiguous_format)
             fresh.append((p, g))
             grads.append(g)
-            modes.append(1)
+            modes.append(GradMode.WRITE)
         else:
-            grads.append(p.grad)
-            modes.append(0)
+            grads.append(g)
+            modes.append(GradMode.ACCUMULATE)
     with torch.no_grad():
-        value = _ops.quad_penalty_grad_(grads, params, importance, anchor, float(lam), modes)
+        value = _ops.quad_penalty_grad_(grads, params, importance, anchor, float(lam), [int(m) for m in modes])
     for p, g in fresh:
         p.grad = g
     return value

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from _cl_fakes import make_stream
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate
 
@@ -22,6 +21,7 @@ from clfast import distributed as dist
 from clfast.evaluation import Accuracy, AccuracyMatrix, EvaluationPlugin, Forgetting, Loss
 from clfast.plugins import CWRStarPlugin, EWCPlugin, MASPlugin, RWalkPlugin, SynapticIntelligencePlugin
 from clfast.strategies import AR1, Naive
+from clfast.testing.fakes import make_stream
 
 WORLD = 2
 B = 4  # per-rank training minibatch

@@ -1,65 +1,10 @@
-"""Shared fixtures: random model tensors and flat state buffers for the op tests."""
+"""Shared pytest fixtures (the helpers themselves live in :mod:`clfast.testing`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
-import torch
 
-import clfast
-
-MODEL_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-STATE_DTYPES = [torch.float32, torch.float64]
-
-# Shape sets: empty model, one element, odd sizes with an empty tensor, a chunk-boundary
-# crossing size (the CPU kernels cut work in 65536-element chunks), and many small tensors.
-SHAPE_SETS = {
-    "empty": [],
-    "one": [()],
-    "odd": [(7,), (3, 5), (0,), (1,), (2, 3, 3)],
-    "large": [(70001,), (300, 257)],
-    "many_small": [(i % 5 + 1, i % 3 + 1) for i in range(300)],
-}
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in clfast.info()["devices"] else [])
-
-
-def tol(model_dtype: torch.dtype, state_dtype: torch.dtype) -> dict[str, float]:
-    """Comparison tolerance against the float64 reference."""
-    if model_dtype == torch.float64 and state_dtype == torch.float64:
-        return {"rtol": 1e-10, "atol": 1e-12}
-    return {"rtol": 2e-5, "atol": 1e-6}
-
-
-def low_precision_tol(model_dtype: torch.dtype) -> dict[str, float]:
-    """Tolerance for results written back in the model dtype (e.g. gradients)."""
-    if model_dtype == torch.bfloat16:
-        return {"rtol": 1e-2, "atol": 1e-3}
-    if model_dtype == torch.float16:
-        return {"rtol": 2e-3, "atol": 1e-4}
-    return {"rtol": 2e-5, "atol": 1e-6}
-
-
-@dataclass
-class Case:
-    params: list[torch.Tensor]
-    grads: list[torch.Tensor | None]
-    state: dict[str, torch.Tensor]
-    model_dtype: torch.dtype
-    state_dtype: torch.dtype
-
-
-def make_case(shapes, model_dtype, state_dtype, seed=0, device="cpu", none_grads=False,
-              kinds=("a", "b", "c", "d")) -> Case:
-    g = torch.Generator().manual_seed(seed)
-    params = [torch.randn(s, generator=g).to(model_dtype).to(device) for s in shapes]
-    grads: list[torch.Tensor | None] = [torch.randn(s, generator=g).to(model_dtype).to(device) for s in shapes]
-    if none_grads:
-        grads = [None if i % 3 == 1 else gr for i, gr in enumerate(grads)]
-    total = sum(p.numel() for p in params)
-    state = {k: torch.randn(total, generator=g, dtype=torch.float64).to(state_dtype).to(device) for k in kinds}
-    return Case(params, grads, state, model_dtype, state_dtype)
+from clfast.testing.cases import DEVICES
 
 
 @pytest.fixture(params=DEVICES)

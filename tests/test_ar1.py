@@ -1,4 +1,4 @@
-"""``clfast.strategies.AR1`` (``shared/reference/avalanche-semantics.md`` §4): freezing, BRN switch, modes, minibatch
+"""``clfast.strategies.AR1`` (``docs/avalanche-semantics.md`` §4): freezing, BRN switch, modes, minibatch
 composition, replay labels, a 3-experience run with and without SI, the whole-strategy state_dict, hyper-parameter
 checks and ``clfast train --strategy ar1``. Small inputs: 32-px images and a quarter-width MobileNetV1."""
 
@@ -9,12 +9,12 @@ from collections import Counter
 
 import pytest
 import torch
-from _cl_fakes import Experience, Stream, TensorExperienceDataset
 from torch import nn
 
 from clfast.nn import BatchRenorm2d, MobileNetV1
 from clfast.strategies import AR1, STRATEGIES
 from clfast.strategies.latent_replay import minibatch_split
+from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 
 SIZE = 32
 

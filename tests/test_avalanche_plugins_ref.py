@@ -1,4 +1,4 @@
-"""The reference transcriptions in ``_avalanche_plugins.py`` against closed-form math on hand-made cases.
+"""The reference transcriptions in ``clfast.testing.avalanche`` against closed-form math on hand-made cases.
 
 The models are linear (``out = x·w``) with an MSE criterion, so every gradient is ``(2/B) Σ (x·w − y) x`` and
 full-batch SGD can be replayed by hand; float64 throughout, so the comparisons are tight.
@@ -11,7 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from _avalanche_plugins import (
+from torch import nn
+from torch.utils.data import Dataset
+
+from clfast.strategies import Naive
+from clfast.testing.avalanche import (
     AvalancheEWC,
     AvalancheMAS,
     AvalancheRWalk,
@@ -19,11 +23,7 @@ from _avalanche_plugins import (
     layers_and_params,
     pad_to,
 )
-from _cl_fakes import Experience, Stream, make_stream
-from torch import nn
-from torch.utils.data import Dataset
-
-from clfast.strategies import Naive
+from clfast.testing.fakes import Experience, Stream, make_stream
 
 F64 = torch.float64
 EPS64 = torch.finfo(F64).eps

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from clfast.testing.model_shapes import MODELS
 
-import bench_state_ops as bench
-from model_shapes import MODELS
+
+def _script(name: str) -> ModuleType:
+    """A benchmark script loaded as a module (the scripts import only clfast, so no path set-up is needed)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _script("bench_state_ops")
 
 
 def test_contenders_agree_with_the_loop():
@@ -32,7 +42,7 @@ def test_benchmark_writes_json_and_markdown(tmp_path):
 
 
 def test_batch_renorm_benchmark_agrees_and_writes_results(tmp_path):
-    import bench_batch_renorm as brn_bench
+    brn_bench = _script("bench_batch_renorm")
 
     brn_bench.check_agreement("cpu")  # clfast vs the eager Avalanche formula, both memory formats
     result = brn_bench.main(["--device", "cpu", "--reps", "1", "--only-issue-shapes", "--formats", "channels_last",
@@ -43,7 +53,7 @@ def test_batch_renorm_benchmark_agrees_and_writes_results(tmp_path):
 
 
 def test_plugin_benchmark_runs_every_contender_and_writes_results(tmp_path):
-    import bench_plugins
+    bench_plugins = _script("bench_plugins")
 
     result = bench_plugins.main(["--device", "cpu", "--models", "mlp", "--mlp-hidden", "32", "--batch", "8",
                                  "--exp1-iters", "10", "--warmup", "1", "--reps", "2", "--out", str(tmp_path)])
@@ -59,7 +69,7 @@ def test_plugin_benchmark_runs_every_contender_and_writes_results(tmp_path):
 
 
 def test_ar1_benchmark_runs_both_contenders_and_writes_results(tmp_path):
-    import bench_ar1
+    bench_ar1 = _script("bench_ar1")
 
     result = bench_ar1.main(["--image-size", "32", "--batch", "8", "--rm-size", "20", "--n-second", "24",
                              "--width-mult", "0.25", "--epochs", "1", "--rounds", "1", "--warmup", "1",

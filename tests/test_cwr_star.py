@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from _cl_fakes import make_stream
-from _plugin_fixtures import MiniStrategy, naive, train_stream
 from torch import nn
 
 from clfast.plugins import CWRStarPlugin, get_last_fc_layer
+from clfast.testing.fakes import make_stream
+from clfast.testing.plugin_fixtures import MiniStrategy, naive, train_stream
 
 
 def _strategy(targets, exp_index):

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from _cl_fakes import Experience, Stream, TensorExperienceDataset
 from torch import nn
 
 from clfast.evaluation import (
@@ -32,6 +31,7 @@ from clfast.evaluation import (
     tensorboard_available,
 )
 from clfast.strategies import Naive
+from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 
 C, L, N = 6, 2.0, 4  # classes, logit of the predicted class, samples per experience
 A = [[1.0, 0.25, 0.0],

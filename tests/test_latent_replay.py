@@ -1,5 +1,5 @@
 """AR1's latent replay pieces: the §4.6 minibatch split, the §4.7 memory update and the first-epoch staging
-(``shared/reference/avalanche-semantics.md``)."""
+(``docs/avalanche-semantics.md``)."""
 
 from __future__ import annotations
 

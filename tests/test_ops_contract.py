@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_case
 
 import clfast.ops as ops
 from clfast import _reference as ref
+from clfast.testing.cases import make_case
 
 SHAPES = [(4, 3), (5,), (0,), (2, 2, 2)]
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import DEVICES
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import clfast.ops as ops
 from clfast import _reference as ref
+from clfast.testing.cases import DEVICES
 
 MODEL_OK = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 STATE_OK = [torch.float32, torch.float64]

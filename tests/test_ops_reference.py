@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MODEL_DTYPES, SHAPE_SETS, STATE_DTYPES, low_precision_tol, make_case, tol
 
 import clfast.ops as ops
 from clfast import _reference as ref
+from clfast.testing.cases import MODEL_DTYPES, SHAPE_SETS, STATE_DTYPES, low_precision_tol, make_case, tol
 
 DTYPES = [(m, s) for m in MODEL_DTYPES for s in STATE_DTYPES]
 SHAPES = list(SHAPE_SETS)

@@ -9,8 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from _cl_fakes import Experience, Stream, TensorExperienceDataset
-from _plugin_fixtures import (
+from torch import nn
+
+from clfast.plugins import EWCPlugin, MASPlugin, RWalkPlugin, SupervisedPlugin, SynapticIntelligencePlugin
+from clfast.strategies import STRATEGIES
+from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
+from clfast.testing.plugin_fixtures import (
     GrowingHead,
     LossRecorder,
     MiniStrategy,
@@ -23,10 +27,6 @@ from _plugin_fixtures import (
     stream,
     train_stream,
 )
-from torch import nn
-
-from clfast.plugins import EWCPlugin, MASPlugin, RWalkPlugin, SupervisedPlugin, SynapticIntelligencePlugin
-from clfast.strategies import STRATEGIES
 
 MAKERS = {
     "mas": lambda: MASPlugin(lambda_reg=2.0),

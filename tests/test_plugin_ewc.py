@@ -1,11 +1,12 @@
-"""EWCPlugin against the Avalanche transcription (``_avalanche_plugins.AvalancheEWC``)."""
+"""EWCPlugin against the Avalanche transcription (``clfast.testing.avalanche.AvalancheEWC``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from _avalanche_plugins import AvalancheEWC, pad_to
-from _plugin_fixtures import (
+
+from clfast.testing.avalanche import AvalancheEWC, pad_to
+from clfast.testing.plugin_fixtures import (
     GrowingHead,
     ModeProbe,
     MultiHead,

@@ -1,4 +1,4 @@
-"""MASPlugin against the Avalanche transcription (``_avalanche_plugins.AvalancheMAS``, spec §2)."""
+"""MASPlugin against the Avalanche transcription (``clfast.testing.avalanche.AvalancheMAS``, spec §2)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from _avalanche_plugins import AvalancheMAS
-from _cl_fakes import Experience, Stream
-from _plugin_fixtures import (
+from torch.utils.data import Dataset
+
+from clfast.plugins import MASPlugin
+from clfast.testing.avalanche import AvalancheMAS
+from clfast.testing.fakes import Experience, Stream
+from clfast.testing.plugin_fixtures import (
     GrowingHead,
     MultiHead,
     SmallCNN,
@@ -22,9 +25,6 @@ from _plugin_fixtures import (
     stream,
     train_stream,
 )
-from torch.utils.data import Dataset
-
-from clfast.plugins import MASPlugin
 
 CASES = {
     "mlp-class": (mlp, False),

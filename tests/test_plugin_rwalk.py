@@ -1,4 +1,4 @@
-"""RWalkPlugin against the Avalanche transcription (``_avalanche_plugins.AvalancheRWalk``, spec §3).
+"""RWalkPlugin against the Avalanche transcription (``clfast.testing.avalanche.AvalancheRWalk``, spec §3).
 
 The default (task gradient read from the training backward) is compared with the transcription's
 ``grad_source="training_backward"`` (an explicit ``autograd.grad`` of the criterion on the training graph);
@@ -12,8 +12,10 @@ import copy
 
 import pytest
 import torch
-from _avalanche_plugins import AvalancheRWalk
-from _plugin_fixtures import (
+
+from clfast.plugins import RWalkPlugin
+from clfast.testing.avalanche import AvalancheRWalk
+from clfast.testing.plugin_fixtures import (
     GrowingHead,
     ModeProbe,
     MultiHead,
@@ -28,8 +30,6 @@ from _plugin_fixtures import (
     stream,
     train_stream,
 )
-
-from clfast.plugins import RWalkPlugin
 
 CASES = {
     "mlp-class": (mlp, False),

@@ -1,11 +1,14 @@
-"""SynapticIntelligencePlugin against the Avalanche transcription (``_avalanche_plugins.AvalancheSI``, §4.9)."""
+"""SynapticIntelligencePlugin against the Avalanche transcription (``clfast.testing.avalanche.AvalancheSI``, §4.9)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from _avalanche_plugins import AvalancheSI
-from _plugin_fixtures import (
+from torch import nn
+
+from clfast.plugins import SynapticIntelligencePlugin, si_allowed_parameters
+from clfast.testing.avalanche import AvalancheSI
+from clfast.testing.plugin_fixtures import (
     GrowingHead,
     MultiHead,
     SmallCNN,
@@ -19,9 +22,6 @@ from _plugin_fixtures import (
     stream,
     train_stream,
 )
-from torch import nn
-
-from clfast.plugins import SynapticIntelligencePlugin, si_allowed_parameters
 
 CASES = {
     "mlp-class": (mlp, False),

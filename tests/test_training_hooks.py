@@ -1,4 +1,4 @@
-"""The templates against the hook/clock specification (shared/reference/avalanche-semantics.md §1).
+"""The templates against the hook/clock specification (docs/avalanche-semantics.md §1).
 
 Expected hook sequences are written out from the spec's text (§1.4 train order, §1.5 eval order, §1.7 clock
 table, §1.8 periodic eval), independently of the implementation.
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _cl_fakes import Stream, make_stream
 from torch import nn
 
 from clfast.evaluation import EvaluationPlugin
 from clfast.plugins import SupervisedPlugin
 from clfast.strategies import Naive
+from clfast.testing.fakes import Stream, make_stream
 from clfast.training import SUPERVISED_HOOKS, SupervisedTemplate
 
 CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",

@@ -1,4 +1,4 @@
-"""MobileNetV1 with a latent split, as AR1 uses it (``shared/reference/avalanche-semantics.md`` §4.2).
+"""MobileNetV1 with a latent split, as AR1 uses it (``docs/avalanche-semantics.md`` §4.2).
 
 Avalanche builds its ``MobilenetV1`` from pytorchcv's ``mobilenet_w1`` (downloading ImageNet weights at
 run time), flattens it into a list of 28 leaf blocks, and splits the list at ``latent_layer_num``:

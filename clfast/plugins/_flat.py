@@ -14,8 +14,7 @@ task gradient there, with no extra forward/backward.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from .. import distributed as dist
 from .. import ops
 from ..distributed import unwrap
 from ..state import FlatState
-from ..training.utils import is_task_aware
+from ..training.utils import is_task_aware, module_modes  # noqa: F401 (re-exported)
 
 _ops = torch.ops.clfast
 
@@ -194,16 +193,6 @@ class ParamTable:
 # The quadratic penalty, in two halves
 # ---------------------------------------------------------------------------------------------------
 
-_PLACEHOLDERS: dict[torch.device, Tensor] = {}
-
-
-def _placeholder(device: torch.device) -> Tensor:
-    t = _PLACEHOLDERS.get(device)
-    if t is None:
-        t = _PLACEHOLDERS.setdefault(device, torch.empty(0, device=device))
-    return t
-
-
 def penalty_value(params: Sequence[Tensor], importance: Tensor, anchor: Tensor, lam: float) -> Tensor:
     """λ·Σ Ω⊙(θ−θ*)², detached (one fused read of θ, θ*, Ω)."""
     with torch.no_grad():
@@ -212,35 +201,10 @@ def penalty_value(params: Sequence[Tensor], importance: Tensor, anchor: Tensor, 
 
 def add_penalty_grad_(params: Sequence[Tensor], importance: Tensor, anchor: Tensor, lam: float,
                       penalised: Sequence[bool] | None = None) -> None:
-    """Accumulate 2λΩ⊙(θ−θ*) into each parameter's ``.grad`` in one fused pass.
-
-    What autograd would do with the penalty in the loss (Avalanche): a parameter with
-    ``requires_grad=False`` gets nothing; one that requires grad but whose ``.grad`` is None (an
-    unused head) gets a new ``.grad`` holding the penalty gradient. Entries with ``penalised[i]``
-    False are outside Avalanche's penalty: their ``.grad`` is left as it is when None.
-    """
-    grads: list[Tensor] = []
-    modes: list[int] = []
-    fresh: list[tuple[Tensor, Tensor]] = []
-    for i, p in enumerate(params):
-        g = p.grad
-        if not p.requires_grad or (g is None and penalised is not None and not penalised[i]):
-            grads.append(_placeholder(p.device))
-            modes.append(2)
-        elif g is None:
-            g = torch.empty_like(p, memory_format=torch.contiguous_format)
-            fresh.append((p, g))
-            grads.append(g)
-            modes.append(1)
-        else:
-            grads.append(g)
-            modes.append(0)
-    if not grads:
-        return
-    with torch.no_grad():
-        _ops.quad_penalty_grad_(grads, list(params), importance, anchor, float(lam), modes)
-    for p, g in fresh:
-        p.grad = g
+    """Accumulate 2λΩ⊙(θ−θ*) into each parameter's ``.grad`` in one fused pass
+    (:func:`clfast.ops.quad_penalty_grad_`, which says what happens to parameters without a gradient)."""
+    if params:
+        ops.quad_penalty_grad_(params, importance, anchor, lam, penalised=penalised)
 
 
 def add_to_loss(strategy: Any, value: Tensor | float) -> None:
@@ -297,18 +261,6 @@ def forward_batch(model: nn.Module, batch: Sequence[Any], device: torch.device) 
             raise ValueError("the model is task-aware but the experience's batches have no task labels")
         return model(x, batch[-1].to(device, non_blocking=True)), y
     return model(x), y
-
-
-@contextlib.contextmanager
-def module_modes(model: nn.Module, training: bool) -> Iterator[None]:
-    """Put ``model`` in train (``training=True``) or eval mode, restoring every module's own flag after."""
-    saved = [(m, m.training) for m in model.modules()]
-    model.train(training)
-    try:
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
 
 
 def progress(iterable: Iterable[Any], enabled: bool, desc: str, total: int | None = None) -> Iterable[Any]:

@@ -1,4 +1,4 @@
-"""CWR* (Lomonaco & Maltoni; Avalanche's ``CWRStarPlugin``), ``shared/reference/avalanche-semantics.md`` §4.8.
+"""CWR* (Lomonaco & Maltoni; Avalanche's ``CWRStarPlugin``), ``docs/avalanche-semantics.md`` §4.8.
 
 Copy-Weights-with-Re-init on one Linear layer (the "CWR layer", usually the classifier): before each
 experience the rows of the classes in it are reset to their consolidated values (zero for new classes),

@@ -1,5 +1,5 @@
 """Memory Aware Synapses (Aljundi et al. 2018) as Avalanche's ``MASPlugin`` computes it
-(``shared/reference/avalanche-semantics.md`` §2), on flat state and fused ops."""
+(``docs/avalanche-semantics.md`` §2), on flat state and fused ops."""
 
 from __future__ import annotations
 

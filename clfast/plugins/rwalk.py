@@ -1,5 +1,5 @@
 """Riemannian Walk (Chaudhry et al. 2018) as Avalanche's ``RWalkPlugin`` computes it
-(``shared/reference/avalanche-semantics.md`` §3), without its extra forward/backward per iteration."""
+(``docs/avalanche-semantics.md`` §3), without its extra forward/backward per iteration."""
 
 from __future__ import annotations
 

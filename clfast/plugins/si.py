@@ -1,5 +1,5 @@
 """Synaptic Intelligence (Zenke et al. 2017) as Avalanche's ``SynapticIntelligencePlugin`` computes it
-(``shared/reference/avalanche-semantics.md`` §4.9), with its state on the training device."""
+(``docs/avalanche-semantics.md`` §4.9), with its state on the training device."""
 
 from __future__ import annotations
 

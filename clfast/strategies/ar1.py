@@ -1,6 +1,6 @@
 """AR1 with latent replay (Maltoni & Lomonaco 2019; Pellegrini et al. 2020), Avalanche's ``AR1`` strategy.
 
-Specification: ``shared/reference/avalanche-semantics.md`` §4 (4.1 signature, 4.2 model, 4.3 BRN swap, 4.4 freezing,
+Specification: ``docs/avalanche-semantics.md`` §4 (4.1 signature, 4.2 model, 4.3 BRN swap, 4.4 freezing,
 4.5 per-experience flow and modes, 4.6 minibatch composition, 4.7 memory update, 4.8 CWR*, 4.9 SI) and §5 (BRN).
 The deliberate differences from Avalanche are listed in ``docs/avalanche-differences.md`` ("AR1"): correct replay
 labels, a memory reshuffled every epoch, preallocated storage, freeze targets that must exist, BRN statistics in the

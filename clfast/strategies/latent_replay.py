@@ -1,6 +1,6 @@
 """Latent replay for AR1: the replay memory, the first-epoch staging of current latents, and the minibatch split.
 
-Specification: ``shared/reference/avalanche-semantics.md`` §4.6 (minibatch composition) and §4.7 (memory
+Specification: ``docs/avalanche-semantics.md`` §4.6 (minibatch composition) and §4.7 (memory
 update). What differs from Avalanche, on purpose (``docs/avalanche-differences.md``, "AR1"):
 
 * Labels travel with their latents: a current latent is staged together with the label of the same minibatch

@@ -1,4 +1,4 @@
-"""Training/eval templates with Avalanche's hook order (``shared/reference/avalanche-semantics.md`` §1).
+"""Training/eval templates with Avalanche's hook order (``docs/avalanche-semantics.md`` §1).
 
 ``BaseTemplate`` holds the outer loops (train over experiences, eval over experiences) and plugin dispatch;
 ``SupervisedTemplate`` adds the SGD loops: dataset adaptation, dataloaders, model/optimizer adaptation,
@@ -24,8 +24,7 @@ from .plugins import SUPERVISED_HOOKS, BasePlugin, SupervisedPlugin, unknown_hoo
 from .utils import (
     as_experience_list,
     group_by_stream,
-    restore_module_modes,
-    save_module_modes,
+    module_modes,
     stream_name,
     task_aware_forward,
     to_device,
@@ -145,7 +144,7 @@ class BaseTemplate:
         self._check_distributed()
         saved = self._save_train_state()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), module_modes(self.model):
                 self.is_training = False
                 self.model.eval()
                 self.current_eval_stream = as_experience_list(exp_list)
@@ -161,13 +160,11 @@ class BaseTemplate:
         return self._last_metrics()
 
     def _save_train_state(self) -> dict[str, Any]:
-        return {"experience": self.experience, "is_training": self.is_training,
-                "modes": save_module_modes(self.model)}
+        return {"experience": self.experience, "is_training": self.is_training}
 
     def _load_train_state(self, state: dict[str, Any]) -> None:
         self.experience = state["experience"]
         self.is_training = state["is_training"]
-        restore_module_modes(self.model, state["modes"])
 
     def _before_eval(self, **kwargs: Any) -> None:
         self._trigger("before_eval", **kwargs)

@@ -1,14 +1,18 @@
-"""Helpers of the templates: experience/stream normalisation, task-aware forward, module modes."""
+"""Helpers of the templates and plugins: experience/stream normalisation, task-aware forward, module modes,
+the one DataLoader builder."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, default_collate
 
+from .. import distributed as dist
 from ..evaluation.names import stream_name
 
 _TASK_AWARE_CACHE: dict[type, bool] = {}
@@ -40,17 +44,10 @@ def group_by_stream(eval_streams: Iterable[Any]) -> list[list[Any]]:
     return list(groups.values())
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel / DataParallel keep the wrapped model in ``.module``.
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
-
-
 def is_task_aware(model: nn.Module) -> bool:
     """True when the model's forward takes task labels: an Avalanche ``MultiTaskModule`` (by class name,
     Avalanche is not a dependency) or a module whose ``forward`` has a parameter named ``task_labels``."""
-    cls = type(_unwrap(model))
+    cls = type(dist.unwrap(model))
     cached = _TASK_AWARE_CACHE.get(cls)
     if cached is None:
         if any(base.__name__ == "MultiTaskModule" for base in cls.__mro__):
@@ -72,15 +69,40 @@ def task_aware_forward(model: nn.Module, x: Any, task_labels: torch.Tensor) -> A
     return model(x)
 
 
-def save_module_modes(model: nn.Module) -> dict[nn.Module, bool]:
-    """Every module's own ``training`` flag."""
-    return {m: m.training for m in model.modules()}
+@contextlib.contextmanager
+def module_modes(model: nn.Module, training: bool | None = None) -> Iterator[None]:
+    """Within the block, ``model`` is in train (``training=True``) or eval (``False``) mode, or left as it
+    is (``None``); on exit every module's own ``training`` flag is put back, and modules created inside
+    the block are set to training mode (what a freshly built module is)."""
+    saved = {m: m.training for m in model.modules()}
+    if training is not None:
+        model.train(training)
+    try:
+        yield
+    finally:
+        for m in model.modules():
+            m.training = saved.get(m, True)
 
 
-def restore_module_modes(model: nn.Module, modes: dict[nn.Module, bool]) -> None:
-    """Puts back each module's own flag; modules created since the save are set to training mode."""
-    for m in model.modules():
-        m.training = modes.get(m, True)
+def make_loader(dataset: Any, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                pin_memory: bool = False, persistent_workers: bool = False, drop_last: bool = False,
+                generator: torch.Generator | None = None, empty_name: str | None = None) -> DataLoader:
+    """The one ``DataLoader`` builder of clfast (templates, AR1, the plugins' importance passes).
+
+    The dataset's own ``collate_fn`` is used when it has one. Under ``torch.distributed`` the loader reads
+    this rank's shard through :func:`clfast.distributed.distributed_sampler` (shuffled with ``seed`` plus
+    the epoch set by the caller, or in order), ``batch_size`` samples per rank; in one process it shuffles
+    with ``generator`` (torch's global generator when None). With ``empty_name``, an empty dataset is a
+    ``ValueError`` that says ``"<empty_name> is empty"``.
+    """
+    if empty_name is not None and len(dataset) == 0:
+        raise ValueError(f"{empty_name} is empty")
+    kwargs: dict[str, Any] = {"shuffle": shuffle, "generator": generator}
+    if dist.is_distributed():  # this rank's shard (docs/distributed.md)
+        kwargs = {"sampler": dist.distributed_sampler(dataset, shuffle=shuffle, seed=seed)}
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=persistent_workers and num_workers > 0, drop_last=drop_last,
+                      collate_fn=getattr(dataset, "collate_fn", None) or default_collate, **kwargs)
 
 
 def to_device(value: Any, device: torch.device) -> Any:

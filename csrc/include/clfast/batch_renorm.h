@@ -1,5 +1,5 @@
 // Batch Renormalization (Ioffe 2017), per-channel math written once for the CPU and CUDA kernels.
-// Formulas: shared/reference/avalanche-semantics.md §5.2 (forward) and §5.4 (backward).
+// Formulas: docs/avalanche-semantics.md §5.2 (forward) and §5.4 (backward).
 //
 //   sigma_B = sqrt(var_B + eps)                       (var_B biased, over the m = N*H*W elements)
 //   r = clamp(sigma_B / sigma_run, 1/r_max, r_max)    d = clamp((mu_B - mu_run) / sigma_run, -d_max, d_max)

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _cl_fakes import Experience, Stream, TensorExperienceDataset
 from torch import nn
 
 from clfast.evaluation import EvaluationPlugin
 from clfast.strategies import Naive
+from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 
 N_FEATURES = 10
 N_CLASSES = 6
