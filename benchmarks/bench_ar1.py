@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 import clfast
 from clfast.nn import MobileNetV1, filter_bn_and_brn, freeze_up_to
@@ -51,6 +50,7 @@ from clfast.testing.avalanche import AvalancheBatchRenorm2D, AvalancheSI
 from clfast.testing.bench import device_name, sync, write_results
 from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 from clfast.training import SupervisedTemplate
+from clfast.training.utils import make_loader
 
 HERE = Path(__file__).resolve().parent
 #: AR1's hyper-parameters (issue 6 / §4.1), shared by both contenders.
@@ -158,7 +158,7 @@ class EagerCWRStar:
 
 
 class EagerAR1(SupervisedTemplate):
-    """Avalanche's ``AR1`` (§4.5-4.7) in clfast's template: its own modes, freezing, BRN switch and SGD per
+    """Avalanche's ``AR1`` (§4.5-4.7) on clfast's template steps: its own modes, freezing, BRN switch and SGD per
     experience; the §4.6 composition with sequential unshuffled replay slices; first-epoch latents appended with
     ``torch.cat`` on the CPU; the §4.7 update (with its dataset-order labels)."""
 
@@ -179,6 +179,9 @@ class EagerAR1(SupervisedTemplate):
         self.rm: list[Tensor] | None = None
         self.cur_acts: Tensor | None = None
         self.replay_mb_size = 0
+        self._it = 0
+        self._lat_mb_x: Tensor | None = None
+        self._lat_acts: Tensor | None = None
 
     def _before_training_exp(self, **kwargs: Any) -> None:
         hp = HPARAMS
@@ -205,36 +208,33 @@ class EagerAR1(SupervisedTemplate):
             current_batch_mb_size = n // ((n + self.rm_sz) // self.train_mb_size)
         current_batch_mb_size = max(1, current_batch_mb_size)
         self.replay_mb_size = max(0, self.train_mb_size - current_batch_mb_size)
-        self.dataloader = DataLoader(self.adapted_dataset, batch_size=current_batch_mb_size, shuffle=True)
+        self.dataloader = make_loader(self.adapted_dataset, current_batch_mb_size, shuffle=True)
 
     def training_epoch(self, **kwargs: Any) -> None:
-        for it, mbatch in enumerate(self.dataloader):
-            self.mbatch = mbatch
-            self._unpack_minibatch()
-            self._trigger("before_training_iteration", **kwargs)
-            self.optimizer.zero_grad()
-            if self.clock.train_exp_counter > 0 and self.rm is not None:
-                start, end = self.replay_mb_size * it, self.replay_mb_size * (it + 1)
-                lat_mb_x = self.rm[0][start:end].to(self.device)
-                lat_mb_y = self.rm[1][start:end].to(self.device)
-                self.mbatch[1] = torch.cat((self.mb_y, lat_mb_y), 0)
-                self.mbatch[2] = torch.cat((self.mbatch[2], torch.zeros(len(lat_mb_y), device=self.device)), 0)
-            else:
-                lat_mb_x = None
-            self._trigger("before_forward", **kwargs)
-            self.mb_output, lat_acts = self.model(self.mb_x, latent_input=lat_mb_x, return_lat_acts=True)
-            if self.clock.train_exp_epochs == 0:
-                lat_acts = lat_acts.detach().clone().cpu()
-                self.cur_acts = lat_acts if it == 0 else torch.cat((self.cur_acts, lat_acts), 0)
-            self._trigger("after_forward", **kwargs)
-            self.loss = self._criterion(self.mb_output, self.mb_y)
-            self._trigger("before_backward", **kwargs)
-            self.loss.backward()
-            self._trigger("after_backward", **kwargs)
-            self._trigger("before_update", **kwargs)
-            self.optimizer.step()
-            self._trigger("after_update", **kwargs)
-            self._trigger("after_training_iteration", **kwargs)
+        self._it = 0  # the iteration's index in the epoch: which sequential replay slice it takes
+        super().training_epoch(**kwargs)
+
+    def _before_forward_step(self) -> None:
+        self._lat_mb_x = None
+        if self.clock.train_exp_counter > 0 and self.rm is not None:
+            start, end = self.replay_mb_size * self._it, self.replay_mb_size * (self._it + 1)
+            self._lat_mb_x = self.rm[0][start:end].to(self.device)
+            lat_mb_y = self.rm[1][start:end].to(self.device)
+            self.mbatch[1] = torch.cat((self.mb_y, lat_mb_y), 0)
+            self.mbatch[2] = torch.cat((self.mbatch[2], torch.zeros(len(lat_mb_y), device=self.device)), 0)
+
+    def forward(self) -> Any:
+        if not self.is_training:
+            return super().forward()
+        out, self._lat_acts = self.model(self.mb_x, latent_input=self._lat_mb_x, return_lat_acts=True)
+        return out
+
+    def _after_forward_step(self) -> None:
+        if self.clock.train_exp_epochs == 0:  # every first-epoch latent, appended on the CPU
+            lat_acts = self._lat_acts.detach().clone().cpu()
+            self.cur_acts = lat_acts if self._it == 0 else torch.cat((self.cur_acts, lat_acts), 0)
+        self._lat_acts = None
+        self._it += 1
 
     def _after_training_exp(self, **kwargs: Any) -> None:
         assert self.cur_acts is not None

@@ -30,6 +30,7 @@ Usage: ``python benchmarks/bench_plugins.py [--quick] [--device cpu|cuda] [--mod
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import threading
@@ -43,15 +44,14 @@ import torch
 from torch import nn
 
 import clfast
-import clfast.plugins as clfast_plugins
+from clfast.plugins import PLUGINS as REGISTRY
 from clfast.strategies import Naive
 from clfast.testing.avalanche import AvalancheEWC, AvalancheMAS, AvalancheRWalk, AvalancheSI
 from clfast.testing.bench import device_name, sync
 from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 
 HERE = Path(__file__).resolve().parent
-PLUGINS = ("mas", "ewc", "si", "rwalk")
-CLFAST_CLASSES = {"mas": "MASPlugin", "ewc": "EWCPlugin", "si": "SynapticIntelligencePlugin", "rwalk": "RWalkPlugin"}
+PLUGINS = tuple(REGISTRY)  # clfast's regularisers (``clfast.plugins.PLUGINS``), by command-line name
 MODEL_NAMES = ("mlp", "cnn", "resnet18", "resnet50")
 
 #: The issue's targets (time per iteration over Naive's): the MLP and CNN on CPU, the ResNet-50 on the H100.
@@ -65,8 +65,13 @@ AVALANCHE_060_CPU: dict[str, dict[str, float]] = {
     "mlp": {"mas": 3.3, "ewc": 3.1, "si": 3.7, "rwalk": 8.8},
     "cnn": {"mas": 0.96, "ewc": 1.06, "si": 1.06, "rwalk": 2.0},
 }
+#: Constructor keywords of both implementations, on top of the registry's defaults (a plugin missing here runs
+#: with the registry's defaults, strength included).
 HPARAMS = {"mas": {"lambda_reg": 1.0, "alpha": 0.5}, "ewc": {"ewc_lambda": 1.0, "mode": "online", "decay_factor": 0.9},
            "si": {"si_lambda": 1.0}, "rwalk": {"ewc_lambda": 0.1, "ewc_alpha": 0.9, "delta_t": 10}}
+#: The Avalanche-style peers (``clfast.testing.avalanche``) of the registry's plugins.
+AVALANCHE: dict[str, Callable[..., Any]] = {"mas": AvalancheMAS, "ewc": AvalancheEWC, "rwalk": AvalancheRWalk,
+                                            "si": functools.partial(AvalancheSI, si_alias_defect=True)}
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -162,16 +167,13 @@ def make_stream(input_shape: tuple[int, ...], batch: int, iters: tuple[int, int]
 def contenders(plugins: list[str], implementations: list[str]) -> dict[str, Callable[[], Any] | str | None]:
     """label -> factory of the plugin (None for Naive), or a string saying why it is missing."""
     out: dict[str, Callable[[], Any] | str | None] = {"naive": None}
-    avalanche = {"mas": lambda: AvalancheMAS(**HPARAMS["mas"]), "ewc": lambda: AvalancheEWC(**HPARAMS["ewc"]),
-                 "si": lambda: AvalancheSI(**HPARAMS["si"], si_alias_defect=True),
-                 "rwalk": lambda: AvalancheRWalk(**HPARAMS["rwalk"])}
     for p in plugins:
+        hparams = HPARAMS.get(p, {})
         if "clfast" in implementations:
-            cls = getattr(clfast_plugins, CLFAST_CLASSES[p], None)
-            out[f"clfast/{p}"] = (lambda cls=cls, p=p: cls(**HPARAMS[p])) if cls is not None else \
-                f"clfast.plugins.{CLFAST_CLASSES[p]} does not exist yet"
+            out[f"clfast/{p}"] = lambda spec=REGISTRY[p], kw=hparams: spec.make(**kw)
         if "avalanche" in implementations:
-            out[f"avalanche/{p}"] = avalanche[p]
+            out[f"avalanche/{p}"] = (lambda make=AVALANCHE[p], kw=hparams: make(**kw)) if p in AVALANCHE else \
+                f"no Avalanche-style transcription of {p} in clfast.testing.avalanche"
     return out
 
 

@@ -1,9 +1,11 @@
-"""The executable spec of every clfast state op, in plain PyTorch.
+"""The executable spec of every clfast op, in plain PyTorch.
 
-Each function takes the same arguments as its ``clfast.ops`` twin and computes the same result
+Each function is named after its op (``torch.ops.clfast.<name>``, without a trailing ``_``), takes the op's
+arguments in schema order (Batch Renormalization: ``r_max``/``d_max`` as numbers) and computes the same result
 one parameter at a time with ordinary tensor ops. Functions whose op works in place return new
 tensors instead (the updated state), so a test can compare. Arithmetic is done in float64.
-Formulas: ``docs/avalanche-semantics.md`` §2 (MAS), §3.2 (RWalk), §4.9 (SI).
+``clfast.testing.opinfo`` pairs every op with its twin (or says why it has none).
+Formulas: ``docs/avalanche-semantics.md`` §2 (MAS), §3.2 (RWalk), §4.9 (SI), §5 (Batch Renormalization).
 """
 
 from __future__ import annotations
@@ -41,11 +43,18 @@ def quad_penalty(params: Sequence[Tensor], importance: Tensor, anchor: Tensor, l
 
 
 def quad_penalty_grad(params: Sequence[Tensor], importance: Tensor, anchor: Tensor, lam: float) -> list[Tensor]:
-    """∂/∂θ_k of the penalty: 2λ·Ω_k ⊙ (θ_k − θ*_k)."""
+    """∂/∂θ_k of the penalty: 2λ·Ω_k ⊙ (θ_k − θ*_k); the gradient half of ``quad_penalty_grad_`` (the value half
+    is :func:`quad_penalty`), so it takes that op's arguments without ``grads`` and ``grad_mode``."""
     return [
         2.0 * lam * w * (p.detach().to(D) - a)
         for p, w, a in zip(params, _slices(params, importance), _slices(params, anchor), strict=True)
     ]
+
+
+def quad_penalty_backward(grad_out: Tensor, params: Sequence[Tensor], importance: Tensor, anchor: Tensor,
+                          lam: float) -> list[Tensor]:
+    """The penalty's backward: grad_out · 2λ·Ω_k ⊙ (θ_k − θ*_k), one tensor per parameter."""
+    return [grad_out.to(D).reshape(()) * g for g in quad_penalty_grad(params, importance, anchor, lam)]
 
 
 def mas_importance_update(importance: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor | None],

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._checks import check_int
+
 
 class SimpleMLP(nn.Module):
     """Flatten, then ``hidden_layers`` x (Linear, ReLU, Dropout), then a Linear classifier.
@@ -23,9 +25,8 @@ class SimpleMLP(nn.Module):
     def __init__(self, input_shape: Sequence[int], n_classes: int, hidden_size: int = 256, hidden_layers: int = 1,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        if n_classes < 1 or hidden_size < 1 or hidden_layers < 1:
-            raise ValueError(f"n_classes, hidden_size and hidden_layers must be >= 1, got "
-                             f"{n_classes}, {hidden_size}, {hidden_layers}")
+        for name, value in (("n_classes", n_classes), ("hidden_size", hidden_size), ("hidden_layers", hidden_layers)):
+            check_int(name, value, low=1)
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for _ in range(hidden_layers):

@@ -1,6 +1,7 @@
 // The clfast op catalogue: every schema in one TORCH_LIBRARY block.
 //
-// Conventions (see clfast/ops.py for the typed wrappers and clfast/_reference.py for the math):
+// Conventions (see clfast/ops/ for the typed wrappers, clfast/_reference.py for the math and
+// clfast/testing/opinfo.py for the registry that ties each schema to both):
 // - `params` / `grads` are the model's tensors; tensor i owns the slice
 //   [sum_{j<i} numel_j, sum_{j<=i} numel_j) of every flat state buffer (FlatState's table order).
 // - State buffers are 1-D contiguous float32/float64; model tensors float32/float64/bfloat16/float16.
@@ -8,7 +9,8 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(clfast, m) {
-  m.set_python_module("clfast.ops");
+  // Each family's fakes and autograd live in its clfast.ops module; kernels in csrc/<family>/.
+  m.set_python_module("clfast.ops.state_ops");
   // lam * sum Omega (theta - theta*)^2 -> 0-dim tensor (state dtype); differentiable w.r.t. params.
   m.def("quad_penalty(Tensor[] params, Tensor importance, Tensor anchor, float lam) -> Tensor");
   // grad_out * 2 lam Omega (theta - theta*), one new tensor per param.
@@ -39,11 +41,12 @@ TORCH_LIBRARY(clfast, m) {
   m.def("state_max(Tensor state) -> Tensor");
   // RWalk: fisher / max fisher + relu(scores) / max scores; a term whose max is <= 0 contributes 0.
   m.def("rwalk_penalty_weights(Tensor fisher, Tensor scores) -> Tensor");
-  // One bool per tensor: does it hold a NaN or an infinity?
+  // One bool per tensor: does it hold a NaN or an infinity? (kernels in csrc/state_ops/)
+  m.set_python_module("clfast.ops.finite");
   m.def("nonfinite_flags(Tensor[] tensors) -> Tensor");
 
-  // Batch Renormalization (Ioffe 2017; avalanche-semantics.md §5); fakes and autograd in clfast/_brn_ops.py.
-  m.set_python_module("clfast._brn_ops");
+  // Batch Renormalization (Ioffe 2017; docs/avalanche-semantics.md §5).
+  m.set_python_module("clfast.ops.batch_renorm");
   // input: (N, C, *), NCHW-contiguous or
   // channels-last, float32/float64/float16/bfloat16. Per-channel tensors (C elements; r_max, d_max: 1) share
   // one dtype, float32 or float64 (the statistics dtype).

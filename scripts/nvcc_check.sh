@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compiles every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 without linking (the CMake target
+# Compiles every csrc/<family>/*.cu with nvcc for sm_80 and sm_90 without linking (the CMake target
 # clfast_cuda_check), so CUDA code cannot rot on machines whose torch has no CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,4 @@ cmake -S . -B build/nvcc-check -G Ninja -DCLFAST_CUDA_COMPILE_CHECK=ON -DCLFAST_
   -DCLFAST_CUDA_ARCHS="${CLFAST_CUDA_ARCHS:-8.0;9.0}" -DCMAKE_CUDA_COMPILER="$NVCC" \
   -DPython_EXECUTABLE="$(command -v "$PY")" > build/nvcc-check.log 2>&1 || { cat build/nvcc-check.log; exit 1; }
 cmake --build build/nvcc-check --target clfast_cuda_check
-echo "[nvcc-check] OK: csrc/cuda/*.cu compiled for ${CLFAST_CUDA_ARCHS:-8.0;9.0}"
+echo "[nvcc-check] OK: csrc/*/*.cu compiled for ${CLFAST_CUDA_ARCHS:-8.0;9.0}"

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_co
 
 from clfast import distributed as dist
 from clfast.evaluation import Accuracy, AccuracyMatrix, EvaluationPlugin, Forgetting, Loss
-from clfast.plugins import CWRStarPlugin, EWCPlugin, MASPlugin, RWalkPlugin, SynapticIntelligencePlugin
+from clfast.plugins import PLUGINS, CWRStarPlugin
 from clfast.strategies import AR1, Naive
 from clfast.testing.fakes import make_stream
 
@@ -28,14 +28,22 @@ B = 4  # per-rank training minibatch
 EPOCHS = 2
 N_PER_EXP = 22  # per rank 11 = 4 + 4 + 3: a short last batch
 
+#: Regulariser cases, from the registry: name -> (registry name, strength, overrides). The strengths make the
+#: penalty visible in 2 experiences; a registry entry missing here runs at its defaults.
+REGULARIZERS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
+    **{name: (name, None, {}) for name in PLUGINS},
+    "mas": ("mas", 5.0, {}),
+    "ewc": ("ewc", 50.0, {}),
+    "ewc_online": ("ewc", 50.0, {"mode": "online", "decay_factor": 0.5}),
+    "si": ("si", 1.0, {}),
+    "rwalk": ("rwalk", 1.0, {"delta_t": 2}),
+    "rwalk_pass": ("rwalk", 1.0, {"delta_t": 2, "separate_grad_pass": True}),
+}
+
 CASES: dict[str, Any] = {  # plugin factories of the (unwrapped) model
     "naive": lambda m: None,
-    "mas": lambda m: MASPlugin(lambda_reg=5.0, alpha=0.5),
-    "ewc": lambda m: EWCPlugin(ewc_lambda=50.0),
-    "ewc_online": lambda m: EWCPlugin(ewc_lambda=50.0, mode="online", decay_factor=0.5),
-    "si": lambda m: SynapticIntelligencePlugin(si_lambda=1.0),
-    "rwalk": lambda m: RWalkPlugin(ewc_lambda=1.0, delta_t=2),
-    "rwalk_pass": lambda m: RWalkPlugin(ewc_lambda=1.0, delta_t=2, separate_grad_pass=True),
+    **{name: (lambda m, spec=PLUGINS[base], lam=lam, kw=kw: spec.make(lam, **kw))
+       for name, (base, lam, kw) in REGULARIZERS.items()},
     # freezes all but the last Linear from the 2nd experience: DDP needs find_unused_parameters
     "cwr": lambda m: CWRStarPlugin(m, freeze_remaining_model=True),
 }

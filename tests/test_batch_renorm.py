@@ -14,7 +14,7 @@ import clfast.ops as ops
 from clfast import _reference as ref
 from clfast.nn import BatchRenorm1d, BatchRenorm2d, change_brn_pars, replace_bn_with_brn
 from clfast.testing.avalanche import AvalancheBatchRenorm2D
-from clfast.testing.cases import DEVICES
+from clfast.testing.cases import DEVICES, brn_tol, make_brn_case
 
 ACT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 STAT_DTYPES = [torch.float32, torch.float64]
@@ -31,32 +31,6 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         big[:, ::2] = x
         return big[:, ::2]
     return x.contiguous()
-
-
-def _case(shape, act_dtype, stat_dtype, seed, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    C = shape[1]
-    x = (torch.randn(shape, generator=g) * 2 + torch.randn(C, generator=g).reshape(1, C, *([1] * (len(shape) - 2))))
-    p = {
-        "w": torch.rand(C, generator=g) + 0.5,
-        "b": torch.randn(C, generator=g),
-        "rm": torch.randn(C, generator=g),
-        "rs": torch.rand(C, generator=g) * 2 + 0.2,  # some r clamp at r_max, some not
-    }
-    p["rs"][0] = 1e-3  # channel 0: σ_B/σ_run far above r_max, so r clamps at r_max
-    p["rm"][-1] = 100.0  # last channel: d clamps at -d_max
-    p = {k: v.to(stat_dtype).to(device) for k, v in p.items()}
-    return x.to(act_dtype).to(device), p
-
-
-def _tol(act_dtype, stat_dtype):
-    if act_dtype == torch.bfloat16:
-        return {"rtol": 2e-2, "atol": 2e-2}
-    if act_dtype == torch.float16:
-        return {"rtol": 2e-3, "atol": 2e-3}
-    if act_dtype == torch.float64 and stat_dtype == torch.float64:
-        return {"rtol": 1e-10, "atol": 1e-10}
-    return {"rtol": 1e-4, "atol": 1e-4}
 
 
 def _reference_train(x, p, r_max, d_max, eps, grad_y):
@@ -76,7 +50,8 @@ def _reference_train(x, p, r_max, d_max, eps, grad_y):
 def test_train_forward_and_backward_match_the_reference(shape, act_dtype, stat_dtype, layout, device):
     if layout == "channels_last" and len(shape) != 4:
         pytest.skip("channels-last is a 4-d layout")
-    x, p = _case(shape, act_dtype, stat_dtype, seed=zlib.crc32(repr((shape, layout)).encode()) % 1000, device=device)
+    seed = zlib.crc32(repr((shape, layout)).encode()) % 1000
+    x, p = make_brn_case(shape, act_dtype, stat_dtype, seed=seed, device=device)
     x = _layout(x, layout)
     r_max, d_max, eps = 1.5, 0.3, 1e-5
     rmax_t = torch.tensor(r_max, dtype=stat_dtype, device=device)
@@ -84,12 +59,12 @@ def test_train_forward_and_backward_match_the_reference(shape, act_dtype, stat_d
     xg = x.detach().clone().requires_grad_()
     xg_in = _layout(xg, layout) if layout != "strided" else xg
     w, b = (p[k].clone().requires_grad_() for k in "wb")
-    y, mean, std, r, d = ops.batch_renorm_train(xg_in, w, b, p["rm"], p["rs"], rmax_t, dmax_t, eps)
+    y, mean, std, r, d = ops.batch_renorm_forward(xg_in, w, b, p["rm"], p["rs"], rmax_t, dmax_t, eps)
     grad_y = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(act_dtype).to(device)
     y.backward(grad_y)
     ry, rmean, rstd, rr, rd, rgx, rgw, rgb = _reference_train(x.cpu(), {k: v.cpu() for k, v in p.items()}, r_max,
                                                               d_max, eps, grad_y.cpu())
-    tol = _tol(act_dtype, stat_dtype)
+    tol = brn_tol(act_dtype, stat_dtype)
     stat_tol = tol if act_dtype in (torch.float32, torch.float64) else {"rtol": 1e-5, "atol": 1e-5}
     assert y.dtype == act_dtype and mean.dtype == stat_dtype and y.shape == x.shape
     if layout == "channels_last":
@@ -104,7 +79,7 @@ def test_train_forward_and_backward_match_the_reference(shape, act_dtype, stat_d
     grad_tol = {"rtol": tol["rtol"], "atol": tol["atol"] * max(1.0, x.numel() / x.shape[1] / 16)}
     torch.testing.assert_close(w.grad.cpu().double(), rgw, **grad_tol)
     torch.testing.assert_close(b.grad.cpu().double(), rgb, **grad_tol)
-    # The clamps were exercised (see _case).
+    # The clamps were exercised (see make_brn_case).
     assert rr[0].item() == pytest.approx(r_max) and rd[-1].item() == pytest.approx(-d_max)
 
 
@@ -115,7 +90,7 @@ def test_train_forward_and_backward_match_the_reference(shape, act_dtype, stat_d
 def test_eval_forward_and_backward_match_the_reference(shape, act_dtype, layout, device):
     if layout == "channels_last" and len(shape) != 4:
         pytest.skip("channels-last is a 4-d layout")
-    x, p = _case(shape, act_dtype, torch.float32, seed=11, device=device)
+    x, p = make_brn_case(shape, act_dtype, torch.float32, seed=11, device=device)
     x = _layout(x, layout).requires_grad_()
     w, b = (p[k].clone().requires_grad_() for k in "wb")
     y = ops.batch_renorm_eval(x, w, b, p["rm"], p["rs"])
@@ -125,7 +100,7 @@ def test_eval_forward_and_backward_match_the_reference(shape, act_dtype, layout,
     wd, bd = (p[k].detach().cpu().double().requires_grad_() for k in "wb")
     yr = ref.batch_renorm_eval(xd, wd, bd, p["rm"].cpu().double(), p["rs"].cpu().double())
     yr.backward(gy.cpu().double())
-    tol = _tol(act_dtype, torch.float32)
+    tol = brn_tol(act_dtype, torch.float32)
     torch.testing.assert_close(y.detach().cpu().double(), yr.detach(), **tol)
     torch.testing.assert_close(x.grad.cpu().double(), xd.grad, **tol)
     torch.testing.assert_close(w.grad.cpu().double(), wd.grad, rtol=tol["rtol"], atol=tol["atol"] * 10)
@@ -152,7 +127,7 @@ def test_update_op_matches_the_reference_and_ramps_like_avalanche(device):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_gradcheck_float64(saturate, layout):
     # Finite differences see r and d move unless their clamps hold them constant: saturate both.
-    x, p = _case((3, 4, 3, 2), torch.float64, torch.float64, seed=5)
+    x, p = make_brn_case((3, 4, 3, 2), torch.float64, torch.float64, seed=5)
     if saturate == "r_one_d_zero":
         r_max, d_max = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
     else:
@@ -162,7 +137,7 @@ def test_gradcheck_float64(saturate, layout):
     w, b = (p[k].clone().requires_grad_() for k in "wb")
 
     def f(x, w, b):
-        return ops.batch_renorm_train(x, w, b, p["rm"], p["rs"], r_max, d_max, 1e-5)[0]
+        return ops.batch_renorm_forward(x, w, b, p["rm"], p["rs"], r_max, d_max, 1e-5)[0]
 
     assert torch.autograd.gradcheck(f, (x, w, b))
     assert torch.autograd.gradcheck(lambda x, w, b: ops.batch_renorm_eval(x, w, b, p["rm"], p["rs"]), (x, w, b))
@@ -324,17 +299,17 @@ def test_bad_input_is_named():
     w, b, rm, rs = torch.ones(3), torch.zeros(3), torch.zeros(3), torch.ones(3)
     one = torch.tensor(1.0)
     with pytest.raises(RuntimeError, match="input is empty"):
-        ops.batch_renorm_train(torch.randn(0, 3, 2, 2), w, b, rm, rs, one, one, 1e-5)
+        ops.batch_renorm_forward(torch.randn(0, 3, 2, 2), w, b, rm, rs, one, one, 1e-5)
     with pytest.raises(RuntimeError, match="running_std must have 3 elements"):
-        ops.batch_renorm_train(torch.randn(2, 3, 2, 2), w, b, rm, torch.ones(4), one, one, 1e-5)
+        ops.batch_renorm_forward(torch.randn(2, 3, 2, 2), w, b, rm, torch.ones(4), one, one, 1e-5)
     with pytest.raises(RuntimeError, match="bias has dtype Double"):
         ops.batch_renorm_eval(torch.randn(2, 3, 2, 2), w, b.double(), rm, rs)
     with pytest.raises(RuntimeError, match="must be float32, float64, float16 or bfloat16"):
         ops.batch_renorm_eval(torch.ones(2, 3, dtype=torch.int32), w, b, rm, rs)
     with pytest.raises(RuntimeError, match="eps must be a finite number"):
-        ops.batch_renorm_train(torch.randn(2, 3), w, b, rm, rs, one, one, float("nan"))
+        ops.batch_renorm_forward(torch.randn(2, 3), w, b, rm, rs, one, one, float("nan"))
     with pytest.raises(RuntimeError, match="grad_out has shape"):
-        ops._ops.batch_renorm_backward(torch.randn(2, 3), torch.randn(2, 3, 1), w, rm, rs, rs, rm, True)
+        torch.ops.clfast.batch_renorm_backward(torch.randn(2, 3), torch.randn(2, 3, 1), w, rm, rs, rs, rm, True)
 
 
 def test_results_do_not_depend_on_the_thread_count():
@@ -347,7 +322,7 @@ def test_results_do_not_depend_on_the_thread_count():
         out = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            out.append([ops.batch_renorm_train(t, w, b, rm, rs, lim, lim, 1e-5) for t in (x, xcl)])
+            out.append([ops.batch_renorm_forward(t, w, b, rm, rs, lim, lim, 1e-5) for t in (x, xcl)])
     finally:
         torch.set_num_threads(threads)
     for a, b_ in zip(out[0], out[1], strict=True):
@@ -383,7 +358,7 @@ def test_statistics_survive_a_large_mean(layout, device):
     x = _layout(x64.float(), layout).to(device)
     one = torch.ones(5, device=device)
     lim = torch.tensor(3.0, device=device)
-    _, mean, std, _, _ = ops.batch_renorm_train(x, one, one * 0, one * 0, one, lim, lim, 1e-12)
+    _, mean, std, _, _ = ops.batch_renorm_forward(x, one, one * 0, one * 0, one, lim, lim, 1e-12)
     xf = x.double().cpu()  # the float32 values the kernel saw, in float64
     ref_std = (xf.var((0, 2, 3), unbiased=False) + 1e-12).sqrt()
     torch.testing.assert_close(std.double().cpu(), ref_std, rtol=1e-4, atol=0)

@@ -4,7 +4,6 @@ resume to exactly the results of an uninterrupted run."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,12 +13,16 @@ import pytest
 
 from clfast.training.checkpoint import load_checkpoint
 
+KILL_ENTRY = Path(__file__).with_name("_kill_entry.py")  # `clfast` killed at a checkpoint (a real crash)
 ARGS = ["--scenario", "split-digits", "--strategy", "mas", "--epochs", "1", "--quiet", "--seed", "3"]
 
 
-def _train(tmp: Path, name: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "clfast.cli", "train", *ARGS, "--checkpoint-dir", str(tmp / f"ckpt-{name}"), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+def _train(tmp: Path, name: str, *extra: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
+    """``clfast train`` in a new process; ``kill=("after"|"during", N)`` ends it with SIGKILL right after or
+    halfway through writing checkpoint N."""
+    entry = ["-m", "clfast"] if kill is None else [str(KILL_ENTRY), kill[0], str(kill[1])]
+    cmd = [sys.executable, *entry, "train", *ARGS, "--checkpoint-dir", str(tmp / f"ckpt-{name}"), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def _results(tmp: Path, name: str) -> dict:
@@ -32,14 +35,14 @@ def test_killed_runs_resume_to_the_uninterrupted_results(tmp_path):
     assert whole.returncode == 0, whole.stderr
 
     # Killed right after the 2nd checkpoint was written.
-    killed = _train(tmp_path, "after", env={"CLFAST_TEST_KILL_AFTER_CHECKPOINT": "2"})
+    killed = _train(tmp_path, "after", kill=("after", 2))
     assert killed.returncode == -signal.SIGKILL
     assert load_checkpoint(tmp_path / "ckpt-after" / "checkpoint.pt")["cli"]["position"] == 2
     resumed = _train(tmp_path, "after", "--resume", "--out", str(tmp_path / "out-after"))
     assert resumed.returncode == 0, resumed.stderr
 
     # Killed halfway through writing the 3rd: the 2nd must still be there, whole and loadable.
-    killed = _train(tmp_path, "during", env={"CLFAST_TEST_KILL_DURING_CHECKPOINT": "3"})
+    killed = _train(tmp_path, "during", kill=("during", 3))
     assert killed.returncode == -signal.SIGKILL
     ckpt_dir = tmp_path / "ckpt-during"
     assert any(p.name.startswith(".checkpoint.pt.tmp-") for p in ckpt_dir.iterdir())  # the torn write

@@ -49,7 +49,7 @@ def test_train_is_deterministic_with_a_seed(tmp_path):
 
 
 def test_console_script_exit_code(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "clfast.cli", "train", "--epochs", "1", "--n-experiences", "2",
+    proc = subprocess.run([sys.executable, "-m", "clfast", "train", "--epochs", "1", "--n-experiences", "2",
                            "--quiet", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "accuracy matrix" in proc.stdout and (tmp_path / "results.json").exists()
@@ -102,7 +102,7 @@ def test_info_still_works(capsys):
 
 
 def test_report_marks_unmeasured_entries():
-    from clfast.cli_train import format_report
+    from clfast.cli.report import format_report
 
     summary = {"accuracy_matrix": [[1.0, math.nan], [0.5, 0.75]], "average_accuracy": 0.625,
                "stream_accuracy": None, "average_forgetting": 0.5, "forgetting": [0.5, math.nan],

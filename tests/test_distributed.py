@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from _ddp_worker import AR1_CASES, CASES, WORLD, run_case, worker
 
 from clfast import distributed as dist
-from clfast.plugins import CWRStarPlugin, EWCPlugin, MASPlugin, RWalkPlugin, SynapticIntelligencePlugin
+from clfast.plugins import PLUGINS, CWRStarPlugin
 from clfast.strategies import AR1
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -90,7 +90,7 @@ def test_ranks_identical_and_equal_to_single_process(ddp_results, kind):
 
 
 def test_plugins_declare_distributed_support():
-    for cls in (MASPlugin, EWCPlugin, SynapticIntelligencePlugin, RWalkPlugin, CWRStarPlugin, AR1):
+    for cls in (*(spec.cls for spec in PLUGINS.values()), CWRStarPlugin, AR1):
         assert cls.supports_distributed is True
 
 

@@ -217,10 +217,12 @@ def test_file_loggers_write_every_value(tmp_path):
     assert rows[0] == "name,x,value" and len(rows) == len(data) + 1
 
 
-def test_interactive_logger_prints_a_line_per_epoch_and_eval_experience():
+@pytest.mark.parametrize("progress", [False, True])
+def test_interactive_logger_prints_a_line_per_epoch_and_eval_experience(progress):
     out = io.StringIO()
     model = Oracle()
-    ev = EvaluationPlugin(Accuracy(), loggers=[InteractiveLogger(file=out, progress=False)])
+    logger = InteractiveLogger(file=out, progress=progress)
+    ev = EvaluationPlugin(Accuracy(), loggers=[logger])
     s = Naive(model, torch.optim.SGD(model.parameters(), lr=0.0), train_mb_size=4, train_epochs=2, evaluator=ev)
     s.train(_stream("train", 0, n_exps=1))
     s.eval(_stream("test", 100, n_exps=2))
@@ -228,6 +230,7 @@ def test_interactive_logger_prints_a_line_per_epoch_and_eval_experience():
     assert sum(line.startswith("[train] exp 0 epoch") for line in lines) == 2
     assert sum(line.startswith("[eval]  exp") for line in lines) == 2
     assert any("Top1_Acc_Stream=" in line for line in lines)
+    assert all(bar is None for bar in logger._bars.values())  # every bar opened was closed
 
 
 def test_tensorboard_logger_is_optional(tmp_path):

@@ -11,67 +11,28 @@ import torch
 import clfast.ops as ops
 from clfast import _reference as ref
 from clfast.testing.cases import make_case
-
-SHAPES = [(4, 3), (5,), (0,), (2, 2, 2)]
+from clfast.testing.opinfo import OPS, SAMPLE_SHAPES
 
 
 def _sample(dtype=torch.float32, state_dtype=torch.float32, seed=0):
-    return make_case(SHAPES, dtype, state_dtype, seed=seed)
+    return make_case(SAMPLE_SHAPES, dtype, state_dtype, seed=seed)
 
 
 def _opcheck_samples():
-    c = _sample()
-    imp, anchor, x, y = (c.state[k] for k in "abcd")
-    imp = imp.abs()
-    P = c.params
-    G = c.grads
-    Gopt = [g if i != 1 else None for i, g in enumerate(G)]
-    return [
-        ("quad_penalty", (P, imp, anchor, 0.5)),
-        ("quad_penalty", ([p.clone().requires_grad_() for p in P], imp, anchor, 0.5)),
-        ("quad_penalty_backward", (torch.tensor(2.0), P, imp, anchor, 0.5)),
-        ("quad_penalty_grad_", ([g.clone() for g in G], P, imp, anchor, 0.5, [0, 1, 0, 0])),
-        ("mas_importance_update_", (imp.clone(), P, Gopt, 0.5)),
-        ("ema_sq_update_", (imp.clone(), P, Gopt, 0.9)),
-        ("path_integral_update_", (x.clone(), y.clone(), P, Gopt)),
-        ("rwalk_score_update_", (x.clone(), y.clone(), anchor.clone(), imp.clone(), P, 1e-7)),
-        ("si_consolidate_", (x.clone(), y.clone(), imp.clone(), anchor.clone(), P, 1.0, 1e-7, 1e-3)),
-        ("state_max", (x,)),
-        ("rwalk_penalty_weights", (imp, x)),
-        ("nonfinite_flags", (P,)),
-        *_brn_samples(),
-    ]
-
-
-def _brn_samples():
-    g = torch.Generator().manual_seed(7)
-    C = 3
-    x = torch.randn(4, C, 5, 6, generator=g)
-    w, b = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g)
-    rm, rs = torch.randn(C, generator=g), torch.rand(C, generator=g) + 0.5
-    r_max, d_max = torch.tensor(1.5), torch.tensor(0.3)
-    mean, std = x.mean((0, 2, 3)), (x.var((0, 2, 3), unbiased=False) + 1e-5).sqrt()
-    r, d = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g) * 0.1
-    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
-    xcl = x.to(memory_format=torch.channels_last)
-    return [
-        ("batch_renorm_forward", (x, w, b, rm, rs, r_max, d_max, 1e-5)),
-        ("batch_renorm_forward", (xg, wg, bg, rm, rs, r_max, d_max, 1e-5)),
-        ("batch_renorm_forward", (xcl.clone().requires_grad_(), wg, bg, rm, rs, r_max, d_max, 1e-5)),
-        ("batch_renorm_forward", (torch.randn(6, C, generator=g, requires_grad=True), wg, bg, rm, rs, r_max, d_max,
-                                  1e-5)),
-        ("batch_renorm_eval", (xg, wg, bg, rm, rs)),
-        ("batch_renorm_eval", (xcl, w, b, rm, rs)),
-        ("batch_renorm_backward", (torch.randn_like(x), x, w, mean, std, r, d, True)),
-        ("batch_renorm_backward", (torch.randn_like(x), xcl, w, rm, rs, torch.ones(C), torch.zeros(C), False)),
-        ("batch_renorm_update_", (rm.clone(), rs.clone(), r_max.clone(), d_max.clone(), mean, std, 0.01, 0.1,
-                                  0.1, 3.0, 5.0)),
-    ]
+    """Every registry sample: (op name, raw op arguments) on the CPU in float32."""
+    return [(info.name, args) for info in OPS for args in info.samples()]
 
 
 @pytest.mark.parametrize("name,args", _opcheck_samples(), ids=lambda v: v if isinstance(v, str) else "")
 def test_opcheck(name, args):
     torch.library.opcheck(getattr(torch.ops.clfast, name).default, args)
+
+
+@pytest.mark.parametrize("info", OPS, ids=lambda i: i.name)
+@pytest.mark.parametrize("model_dtype,state_dtype", [(torch.float64, torch.float64), (torch.bfloat16, torch.float32)])
+def test_opcheck_other_dtypes_and_devices(info, model_dtype, state_dtype, device):
+    for args in info.samples(device, model_dtype, state_dtype):
+        torch.library.opcheck(info.op, args)
 
 
 def test_every_op_has_an_opcheck_sample():

@@ -20,11 +20,17 @@ from hypothesis import strategies as st
 import clfast.ops as ops
 from clfast import _reference as ref
 from clfast.testing.cases import DEVICES
+from clfast.testing.opinfo import by_name
 
 MODEL_OK = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 STATE_OK = [torch.float32, torch.float64]
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                     derandomize=True)
+
+
+def hostile(test):
+    """Runs ``test(device, data)`` on every device, with Hypothesis drawing from ``data``."""
+    return pytest.mark.parametrize("device", DEVICES)(SETTINGS(given(data=st.data())(test)))
 
 
 @dataclass
@@ -125,9 +131,17 @@ def _state_dtype_problem(*buffers: torch.Tensor) -> bool:
     return len(dtypes) > 1
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@SETTINGS
-@given(data=st.data())
+def _state_args(op: str) -> list[str]:
+    """The flat state buffers of a list/flat op: its single-Tensor arguments, from the schema."""
+    return [a.name for a in by_name(op).op._schema.arguments if str(a.type) == "Tensor"]
+
+
+# The hyper-parameter each update is called with (the ops' own, in schema order after the tensors).
+_IMPORTANCE_UPDATES = {"mas_importance_update_": 0.7, "ema_sq_update_": 0.9}
+_CONSOLIDATIONS = {"path_integral_update_": (), "rwalk_score_update_": (1e-3,), "si_consolidate_": (1.0, 1e-3, 1e-3)}
+
+
+@hostile
 def test_quad_penalty_matches_or_names_the_problem(device, data):
     m = data.draw(model_tensors(with_grads=False))
     numel = sum(p.numel() for p in m.params)
@@ -149,14 +163,13 @@ def test_quad_penalty_matches_or_names_the_problem(device, data):
     torch.testing.assert_close(got.cpu().double(), want, rtol=1e-4, atol=1e-4, equal_nan=True)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@SETTINGS
-@given(data=st.data())
+@hostile
 def test_importance_updates_match_or_leave_the_state_untouched(device, data):
     m = data.draw(model_tensors())
     numel = sum(p.numel() for p in m.params)
     state, bad_state = data.draw(state_buffer(numel, "state"))
-    which = data.draw(st.sampled_from(["mas", "ema"]))
+    which = data.draw(st.sampled_from(list(_IMPORTANCE_UPDATES)))
+    scale = _IMPORTANCE_UPDATES[which]
     truncate = data.draw(st.booleans()) and len(m.grads) > 0
     params = [p.to(device) for p in m.params]
     grads = [None if g is None else g.to(device) for g in m.grads]
@@ -165,17 +178,14 @@ def test_importance_updates_match_or_leave_the_state_untouched(device, data):
         grads = grads[:-1]
         problems.append("grads")
     if bad_state:
-        problems.append("importance" if which == "mas" else "fisher")
+        problems.extend(_state_args(which))
     state = state.to(device)
     before = state.clone()
     # Finite checks read the gradients only (the params are not used by these two updates).
     grad_nonfinite = [n for n in m.nonfinite if n.startswith("grads")]
 
     def call():
-        if which == "mas":
-            ops.mas_importance_update_(state, params, 0.7, grads=grads)
-        else:
-            ops.ema_sq_update_(state, params, 0.9, grads=grads)
+        by_name(which).wrapper(state, params, scale, grads=grads)
 
     if problems:
         _check_raises_naming(call, problems)
@@ -188,15 +198,12 @@ def test_importance_updates_match_or_leave_the_state_untouched(device, data):
         assert torch.equal(state, before), "a rejected call changed the state"
         return
     call()
-    fn = ref.mas_importance_update if which == "mas" else ref.ema_sq_update
-    want = fn(before.cpu(), [p.cpu() for p in params], [None if g is None else g.cpu() for g in grads],
-              0.7 if which == "mas" else 0.9)
+    want = by_name(which).reference(before.cpu(), [p.cpu() for p in params],
+                                    [None if g is None else g.cpu() for g in grads], scale)
     torch.testing.assert_close(state.cpu().double(), want.double(), rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@SETTINGS
-@given(data=st.data())
+@hostile
 def test_reductions_match_the_reference(device, data):
     n = data.draw(st.integers(0, 300))
     dtype = data.draw(st.sampled_from(STATE_OK))
@@ -217,9 +224,7 @@ def test_reductions_match_the_reference(device, data):
                                    ref.rwalk_penalty_weights(x.abs().cpu(), y.cpu()))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@SETTINGS
-@given(data=st.data())
+@hostile
 def test_batch_renorm_matches_or_names_the_problem(device, data):
     dims = data.draw(st.integers(0, 5))
     shape = tuple(data.draw(st.lists(st.integers(0, 4), min_size=dims, max_size=dims)))
@@ -253,10 +258,10 @@ def test_batch_renorm_matches_or_names_the_problem(device, data):
     if c_off and "input" not in problems:
         problems.append("weight")
     if problems:
-        _check_raises_naming(lambda: ops.batch_renorm_train(x, w, b, rm, rs, lim, lim, 1e-5), problems)
+        _check_raises_naming(lambda: ops.batch_renorm_forward(x, w, b, rm, rs, lim, lim, 1e-5), problems)
         _check_raises_naming(lambda: ops.batch_renorm_eval(x, w, b, rm, rs), problems)
         return
-    y = ops.batch_renorm_train(x, w, b, rm, rs, lim, lim, 1e-5)[0]
+    y = ops.batch_renorm_forward(x, w, b, rm, rs, lim, lim, 1e-5)[0]
     want = ref.batch_renorm_forward(x.cpu().double(), w.cpu().double(), b.cpu().double(), rm.cpu().double(),
                                     rs.cpu().double(), 1.5, 1.5, 1e-5)[0]
     tol = {"rtol": 2e-2, "atol": 2e-2} if dtype in (torch.float16, torch.bfloat16) else {"rtol": 1e-4, "atol": 1e-4}
@@ -267,39 +272,35 @@ def test_batch_renorm_matches_or_names_the_problem(device, data):
     torch.testing.assert_close(ye.cpu().double(), want_e, equal_nan=True, **tol)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@SETTINGS
-@given(data=st.data())
+@hostile
 def test_consolidation_ops_match_or_leave_the_state_untouched(device, data):
     m = data.draw(model_tensors())
     numel = sum(p.numel() for p in m.params)
-    which = data.draw(st.sampled_from(["path", "rwalk", "si"]))
-    names = {"path": ["acc", "prev_params"], "rwalk": ["scores", "loss_acc", "ckpt_params", "fisher"],
-             "si": ["cum", "importance", "omega", "anchor"]}[which]
+    which = data.draw(st.sampled_from(list(_CONSOLIDATIONS)))
+    names = _state_args(which)
     bufs, bad = [], []
     for n in names:
         b, problem = data.draw(state_buffer(numel, n))
         bufs.append(b.to(device))
         if problem:
             bad.append(problem)
-    if which == "rwalk":
+    if which == "rwalk_score_update_":
         bufs[3] = bufs[3].abs() if bufs[3].is_floating_point() else bufs[3]  # a Fisher is >= 0
     params = [p.to(device) for p in m.params]
     grads = [None if g is None else g.to(device) for g in m.grads]
-    problems = [p for p in m.problems if which == "path" or p.startswith("params")] + bad
+    problems = [p for p in m.problems if which == "path_integral_update_" or p.startswith("params")] + bad
     if _state_dtype_problem(*bufs):
         problems.extend(names)  # the op names the first buffer whose dtype differs from the first one's
     before = [b.clone() for b in bufs]
     # Finite checks: params and grads (path); params (rwalk, si: the state is checked by the op's own rules).
-    nonfinite = [n for n in m.nonfinite if which == "path" or n.startswith("params")]
+    nonfinite = [n for n in m.nonfinite if which == "path_integral_update_" or n.startswith("params")]
+    hyper = _CONSOLIDATIONS[which]
 
     def call():
-        if which == "path":
+        if which == "path_integral_update_":
             ops.path_integral_update_(bufs[0], bufs[1], params, grads=grads)
-        elif which == "rwalk":
-            ops.rwalk_score_update_(*bufs, params, 1e-3)
         else:
-            ops.si_consolidate_(*bufs, params, 1.0, 1e-3, 1e-3)
+            by_name(which).wrapper(*bufs, params, *hyper)
 
     if problems or nonfinite:
         if problems:  # with NaN as well, the finite check may speak first: either is a correct refusal
@@ -311,13 +312,11 @@ def test_consolidation_ops_match_or_leave_the_state_untouched(device, data):
         return
     call()
     cpu_params = [p.cpu() for p in params]
-    if which == "path":
-        want = ref.path_integral_update(before[0].cpu(), before[1].cpu(), cpu_params,
-                                        [None if g is None else g.cpu() for g in grads])
-    elif which == "rwalk":
-        want = ref.rwalk_score_update(*(b.cpu() for b in before), cpu_params, 1e-3)
+    twin = by_name(which).reference
+    if which == "path_integral_update_":
+        want = twin(before[0].cpu(), before[1].cpu(), cpu_params, [None if g is None else g.cpu() for g in grads])
     else:
-        want = ref.si_consolidate(*(b.cpu() for b in before), cpu_params, 1.0, 1e-3, 1e-3)
+        want = twin(*(b.cpu() for b in before), cpu_params, *hyper)
     for got, exp, n in zip(bufs[: len(want)], want, names, strict=False):  # rwalk: the Fisher is read only
         torch.testing.assert_close(got.cpu().double(), exp.double(), rtol=1e-3, atol=1e-3, msg=n)
     assert all(torch.equal(b, b0) for b, b0 in zip(bufs[len(want):], before[len(want):], strict=True))

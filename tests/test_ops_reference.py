@@ -8,6 +8,7 @@ import torch
 import clfast.ops as ops
 from clfast import _reference as ref
 from clfast.testing.cases import MODEL_DTYPES, SHAPE_SETS, STATE_DTYPES, low_precision_tol, make_case, tol
+from clfast.testing.opinfo import OPS, clone_args, observed_outputs
 
 DTYPES = [(m, s) for m in MODEL_DTYPES for s in STATE_DTYPES]
 SHAPES = list(SHAPE_SETS)
@@ -151,3 +152,29 @@ def test_results_do_not_depend_on_thread_count():
     finally:
         torch.set_num_threads(old)
     assert values[0] == values[1]
+
+
+# ---- every op of the registry against its twin, on every sample -------------------------------------------------
+
+
+def _close_output(actual, expected, tolerance):
+    if isinstance(actual, list):
+        assert isinstance(expected, list) and len(actual) == len(expected)
+        for a, e in zip(actual, expected, strict=True):
+            _close_output(a, e, tolerance)
+    elif actual.dtype == torch.bool:
+        assert torch.equal(actual.cpu(), expected.cpu())
+    else:
+        close(actual, expected, **tolerance)
+
+
+@pytest.mark.parametrize("info", [i for i in OPS if i.reference is not None], ids=lambda i: i.name)
+def test_every_op_matches_its_twin_on_every_sample(info, device):
+    for model_dtype, state_dtype in info.dtypes:
+        for args in info.samples(device, model_dtype, state_dtype):
+            expected = info.twin(clone_args(args))
+            inputs = clone_args(args)
+            observed = observed_outputs(info, inputs, info.op(*inputs))
+            assert len(observed) == len(expected), info.name
+            for actual, want in zip(observed, expected, strict=True):
+                _close_output(actual, want, info.tol(model_dtype, state_dtype))

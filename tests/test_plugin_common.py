@@ -1,17 +1,18 @@
-"""What the four regularisation plugins share: validation, state_dict, the attribute contract, NaN
-rejection, distributed flag, and the CLI registration."""
+"""What the regularisation plugins share: validation, state_dict, the attribute contract, NaN
+rejection, distributed flag, and the CLI registration; parametrized over the registry ``clfast.plugins.PLUGINS``."""
 
 from __future__ import annotations
 
 import copy
 import io
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from clfast.plugins import EWCPlugin, MASPlugin, RWalkPlugin, SupervisedPlugin, SynapticIntelligencePlugin
+from clfast.plugins import PLUGINS, EWCPlugin, MASPlugin, RWalkPlugin, SupervisedPlugin, SynapticIntelligencePlugin
 from clfast.strategies import STRATEGIES
 from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 from clfast.testing.plugin_fixtures import (
@@ -26,16 +27,18 @@ from clfast.testing.plugin_fixtures import (
     seeded,
     stream,
     train_stream,
+    trained,
 )
 
-MAKERS = {
-    "mas": lambda: MASPlugin(lambda_reg=2.0),
-    "rwalk": lambda: RWalkPlugin(ewc_lambda=2.0, delta_t=2),
-    "rwalk_pass": lambda: RWalkPlugin(ewc_lambda=2.0, delta_t=2, separate_grad_pass=True),
-    "si": lambda: SynapticIntelligencePlugin(10.0),
-    "ewc": lambda: EWCPlugin(5.0),
-    "ewc_online": lambda: EWCPlugin(5.0, mode="online", decay_factor=0.5),
-}
+#: Per-test strengths, larger than the command line's so that the penalty's effect is visible (a plugin
+#: missing here runs at its registry default), and overrides on top of the registry's defaults.
+STRENGTH = {"mas": 2.0, "rwalk": 2.0, "si": 10.0, "ewc": 5.0}
+OVERRIDES: dict[str, dict] = {"rwalk": {"delta_t": 2}}
+#: Further configurations: name -> (registry name, overrides).
+VARIANTS = {"rwalk_pass": ("rwalk", {"delta_t": 2, "separate_grad_pass": True}),
+            "ewc_online": ("ewc", {"mode": "online", "decay_factor": 0.5})}
+CONFIGS = {**{name: (name, OVERRIDES.get(name, {})) for name in PLUGINS}, **VARIANTS}
+MAKERS = {name: partial(PLUGINS[base].make, STRENGTH.get(base), **kw) for name, (base, kw) in CONFIGS.items()}
 
 
 def _params(model):
@@ -87,8 +90,7 @@ def test_state_dict_round_trip_continues_identically(kind, tmp_path):
 @pytest.mark.parametrize("kind", sorted(MAKERS))
 def test_state_for_another_model_is_refused_and_changes_nothing(kind):
     p = MAKERS[kind]()
-    s = naive(seeded(mlp), [p])
-    train_stream(s, stream()[:1])
+    trained([p], mlp, stream()[:1])
     before = p.state_dict()
     other = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 6))
     fresh = MAKERS[kind]()
@@ -119,17 +121,10 @@ def _nan_on(call: int):
 @pytest.mark.parametrize("kind", sorted(MAKERS))
 def test_nan_gradients_are_rejected_without_corrupting_state(kind):
     p = MAKERS[kind]()
-    s = naive(seeded(mlp), [p])
     exps = stream()
-    train_stream(s, exps[:1])
+    s = trained([p], mlp, exps[:1])
     before = p.state_dict()
-    if kind in ("mas",):  # no per-iteration state update: the importance pass is where gradients enter
-        bad = SimpleNamespace(model=s.model, device=s.device, train_mb_size=4, optimizer=s.optimizer,
-                              clock=SimpleNamespace(train_exp_counter=1), _criterion=s._criterion,
-                              experience=_nan_experience())
-        with pytest.raises(ValueError, match="NaN"):
-            p.after_training_exp(bad)
-    elif kind.startswith("ewc"):
+    if kind == "mas" or kind.startswith("ewc"):  # no per-iteration state: gradients enter in the importance pass
         bad = SimpleNamespace(model=s.model, device=s.device, train_mb_size=4, optimizer=s.optimizer,
                               clock=SimpleNamespace(train_exp_counter=1), _criterion=s._criterion,
                               experience=_nan_experience())
@@ -194,23 +189,51 @@ def test_distributed_support_is_declared_and_hooks_are_known(kind):
     assert type(p).supports_distributed is True  # tests/test_distributed.py
 
 
-@pytest.mark.parametrize(("kind", "cls"), [("mas", MASPlugin), ("rwalk", RWalkPlugin),
-                                           ("si", SynapticIntelligencePlugin), ("ewc", EWCPlugin)])
-def test_registered_for_the_command_line(kind, cls):
+def test_the_registry_holds_the_command_lines_defaults():
+    expected = {"mas": (MASPlugin, "lambda_reg", 0.01), "rwalk": (RWalkPlugin, "ewc_lambda", 10.0),
+                "si": (SynapticIntelligencePlugin, "si_lambda", 0.1), "ewc": (EWCPlugin, "ewc_lambda", 300.0)}
+    assert {n: (PLUGINS[n].cls, PLUGINS[n].strength, PLUGINS[n].default_strength) for n in expected} == expected
+    assert all(name == spec.name for name, spec in PLUGINS.items())
+    p = PLUGINS["rwalk"].make()
+    assert (p.ewc_lambda, p.ewc_alpha, p.delta_t) == (10.0, 0.9, 10)
+    assert PLUGINS["mas"].make(3.0, alpha=0.25).lambda_reg == 3.0
+    assert PLUGINS["ewc"].make(mode="online", decay_factor=0.5).mode == "online"
+
+
+@pytest.mark.parametrize("kind", sorted(PLUGINS))
+def test_registered_for_the_command_line(kind):
     model = seeded(mlp)
     s = STRATEGIES[kind](model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
                          train_mb_size=8, train_epochs=1)
-    assert isinstance(s.plugins[0], cls)
+    assert isinstance(s.plugins[0], PLUGINS[kind].cls)
 
 
 def test_growing_parameters_keep_old_state_zero_padded():
     p = MASPlugin()
-    s = naive(seeded(GrowingHead), [p])
     exps = stream()
-    train_stream(s, exps[:1])
+    s = trained([p], GrowingHead, exps[:1])
     old = p.importance["classifier.weight"].clone()
     train_stream(s, exps[1:2])
     assert p.importance["classifier.weight"].shape[0] == 4
     # rows 0-1: α·old + (1−α)·cur; rows 2-3: only (1−α)·cur (old padded with zeros)
     assert not torch.equal(p.importance["classifier.weight"][:2], old)
     assert_dicts_close({"a": p.params["classifier.weight"]}, {"a": s.model.classifier.weight}, "anchor")
+
+
+def test_every_regularizer_of_the_package_is_registered():
+    """The registry is the one list: a RegularizerPlugin under clfast/plugins/ without an entry fails here."""
+    import importlib
+    import pkgutil
+
+    import clfast.plugins
+    from clfast.plugins import RegularizerPlugin
+
+    for info in pkgutil.iter_modules(clfast.plugins.__path__):
+        importlib.import_module(f"clfast.plugins.{info.name}")
+    found, todo = set(), list(RegularizerPlugin.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.__module__.startswith("clfast.plugins."):
+            found.add(cls)
+    assert found == {spec.cls for spec in PLUGINS.values()}

@@ -7,28 +7,16 @@ import torch
 
 from clfast.testing.avalanche import AvalancheEWC, pad_to
 from clfast.testing.plugin_fixtures import (
-    GrowingHead,
+    MODEL_CASES,
     ModeProbe,
-    MultiHead,
     SmallCNN,
     assert_dicts_close,
-    assert_losses_close,
-    assert_models_close,
     mlp,
-    naive,
+    run_case,
     run_side_by_side,
-    seeded,
     stream,
-    train_stream,
+    trained,
 )
-
-CASES = {
-    "mlp-class": (mlp, False),
-    "cnn_bn-class": (SmallCNN, False),
-    "multihead-task": (MultiHead, True),
-    "multihead_bn-task": (lambda: MultiHead(bn=True), True),
-    "growing_head-class": (GrowingHead, False),
-}
 
 
 def _folded(ref: AvalancheEWC, model: torch.nn.Module) -> tuple[dict, dict, float]:
@@ -46,13 +34,10 @@ def _folded(ref: AvalancheEWC, model: torch.nn.Module) -> tuple[dict, dict, floa
     return imp, anchor, const
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
 def test_separate_mode_matches_avalanche(case):
-    factory, task_inc = CASES[case]
     ours, ref = EWCPlugin(ewc_lambda=3.0), AvalancheEWC(ewc_lambda=3.0, eval_mode_leak=False)
-    sa, sb, ra, rb = run_side_by_side(factory, ours, ref, stream(task_incremental=task_inc), momentum=0.5)
-    assert_losses_close(ra, rb)
-    assert_models_close(sa.model, sb.model)
+    _, sb = run_case(case, ours, ref, momentum=0.5)  # asserts the losses and the models agree
     imp, anchor, const = _folded(ref, sb.model)
     assert_dicts_close(ours.importance, imp, "folded importance")
     assert_dicts_close(ours.anchor, anchor, "folded anchor", atol=1e-5)
@@ -63,13 +48,10 @@ def test_separate_mode_matches_avalanche(case):
 @pytest.mark.parametrize("case", ["mlp-class", "cnn_bn-class", "multihead-task", "growing_head-class"])
 @pytest.mark.parametrize("keep", [False, True])
 def test_online_mode_matches_avalanche(case, keep):
-    factory, task_inc = CASES[case]
     ours = EWCPlugin(ewc_lambda=3.0, mode="online", decay_factor=0.7, keep_importance_data=keep)
     ref = AvalancheEWC(ewc_lambda=3.0, mode="online", decay_factor=0.7, keep_importance_data=keep,
                        eval_mode_leak=False)
-    sa, sb, ra, rb = run_side_by_side(factory, ours, ref, stream(task_incremental=task_inc))
-    assert_losses_close(ra, rb)
-    assert_models_close(sa.model, sb.model)
+    run_case(case, ours, ref)  # asserts the losses and the models agree
     last = max(ref.importances)
     assert_dicts_close(ours.importance, ref.importances[last], "importance")
     assert_dicts_close(ours.anchor, ref.saved_params[last], "anchor")
@@ -97,8 +79,7 @@ def _close_padded(ours: dict, ref: dict, what: str) -> None:
 
 def test_separate_mode_cost_does_not_grow_with_experiences():
     ours = EWCPlugin(1.0)
-    s = naive(seeded(mlp), [ours])
-    train_stream(s, stream(n_experiences=3))
+    s = trained([ours], mlp, stream(n_experiences=3))
     n_params = sum(p.numel() for p in s.model.parameters())
     sd = ours.state_dict()["state"]
     assert sorted(sd["buffers"]) == ["anchor", "importance"]
@@ -111,7 +92,7 @@ def test_fisher_pass_restores_module_modes_within_one_train_call():
     exps = stream()
     for plugin, expect in ((EWCPlugin(1.0), True), (AvalancheEWC(1.0), False)):
         probe = ModeProbe()
-        s = naive(seeded(SmallCNN), [plugin, probe])
+        s = trained([plugin, probe], SmallCNN)
         modes = probe.modes
         torch.manual_seed(0)
         s.train(exps[:2])  # one call, two experiences

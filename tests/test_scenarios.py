@@ -172,7 +172,7 @@ def test_nc_bad_arguments_raise_clear_errors(data10):
     train, test, _, _ = data10
     with pytest.raises(ValueError, match="cannot be split evenly"):
         nc_benchmark(train, test, 3, False)
-    with pytest.raises(ValueError, match="n_experiences must be at least 1"):
+    with pytest.raises(ValueError, match="n_experiences must be >= 1"):
         nc_benchmark(train, test, 0, False)
     with pytest.raises(TypeError, match="n_experiences must be an int"):
         nc_benchmark(train, test, 2.0, False)
@@ -244,7 +244,7 @@ def test_ni_balance_min_patterns_task_labels_and_fixed_assignment(data10):
         ni_benchmark(train, test, 2, fixed_exp_assignment=[[1, 2], [2]])
     with pytest.raises(ValueError, match="n_experiences"):
         ni_benchmark(train, test, 3, fixed_exp_assignment=[[1, 2], [3]])
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="n_experiences must be >= 1"):
         ni_benchmark(train, test, 0)
 
 
@@ -425,3 +425,24 @@ def test_scenario_registry_builds_split_digits_by_name():
     assert set(SCENARIOS) == {"split-digits", "split-mnist", "permuted-mnist"}
     bench = SCENARIOS["split-digits"](n_experiences=2, seed=3)
     assert bench.n_experiences == 2 and bench.classes_order == split_digits(2, seed=3).classes_order
+
+
+def test_split_digits_options_are_nc_benchmarks_and_no_others():
+    bench = split_digits(5, seed=2, shuffle=False, class_ids_from_zero_in_each_exp=True)
+    assert bench.classes_order_original_ids == list(range(10)) and bench.classes_order == [0, 1] * 5
+    with pytest.raises(TypeError, match="per_exp_classes"):
+        split_digits(4, per_exp_classes={0: 4})
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="test_fraction"):
+            digits_datasets(test_fraction=bad)
+    with pytest.raises(TypeError, match="test_fraction"):
+        digits_datasets(test_fraction="0.2")
+
+
+def test_builders_take_numpy_integers_for_counts_seeds_and_classes(data10):
+    train, test, _, _ = data10
+    bench = nc_benchmark(train, test, np.int64(5), False, seed=np.int64(3), fixed_class_order=np.arange(10)[::-1])
+    assert bench.n_experiences == 5 and bench.classes_order == list(range(9, -1, -1))
+    assert ni_benchmark(train, test, np.int32(3), seed=np.int64(0)).n_experiences == 3
+    with pytest.raises(TypeError, match="seed must be an int"):
+        ni_benchmark(train, test, 3, seed=1.5)

@@ -384,16 +384,12 @@ def test_before_training_exp_fires_after_dataloader_and_model_adaptation_and_may
 def test_task_aware_model_receives_the_task_labels():
     seen = []
 
-    class MultiHead(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(3, 4)
-
+    class MultiHead(nn.Linear):
         def forward(self, x, task_labels):
             seen.append(task_labels.tolist())
-            return self.lin(x)
+            return super().forward(x)
 
-    model = MultiHead()
+    model = MultiHead(3, 4)
     s = Naive(model, torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=4, evaluator=EvaluationPlugin())
     s.train(make_stream("train", n_experiences=2, n_per_exp=4, task_aware=True))
     assert seen == [[0, 0, 0, 0], [1, 1, 1, 1]]

@@ -25,7 +25,7 @@ def test_cpu_wheel_carries_the_library_and_pins_torch(tmp_path):
     with zipfile.ZipFile(wheels[0]) as zf:
         names = zf.namelist()
         assert any(n.startswith("clfast/_C") and n.endswith(".so") for n in names)
-        assert {"clfast/__init__.py", "clfast/ops.py", "clfast/state.py", "clfast/_reference.py"} <= set(names)
+        assert {"clfast/__init__.py", "clfast/ops/__init__.py", "clfast/state.py", "clfast/_reference.py"} <= set(names)
         meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
         meta = email.message_from_bytes(zf.read(meta_name))
     major, minor = torch.__version__.split("+")[0].split(".")[:2]

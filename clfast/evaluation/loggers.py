@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+from functools import partialmethod
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,8 +40,8 @@ class InteractiveLogger(BaseLogger):
         self.file = file
         self.progress = progress
         self.lines = lines
-        self._train_bar: Any = None
-        self._eval_bar: Any = None
+        # one bar per phase: periodic eval in iteration mode runs while the training bar is open
+        self._bars: dict[str, Any] = {"train": None, "eval": None}
         self._pending: list[MetricValue] = []
 
     def log_metrics(self, values: list[MetricValue]) -> None:
@@ -57,61 +58,60 @@ class InteractiveLogger(BaseLogger):
         self._pending = []
         print("  ".join(parts), file=self.file or sys.stdout)
 
-    def _open_bar(self, strategy: Any, desc: str) -> Any:
+    @staticmethod
+    def _label(phase: str, strategy: Any) -> str:
+        e = strategy.experience.current_experience
+        if phase == "train":
+            return f"exp {e} epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}"
+        return f"exp {e}"
+
+    def _print_line(self, phase: str, what: str) -> None:
+        self._print(f"{'[' + phase + ']':<7} {what}")  # "[eval] " padded to the width of "[train]"
+
+    def _open_bar(self, phase: str, strategy: Any, **kwargs: Any) -> None:
+        """A bar over the minibatches of a training epoch or an eval experience."""
         if not self.progress:
-            return None
+            return
         from tqdm.auto import tqdm
 
         try:
             total = len(strategy.dataloader)
         except TypeError:
             total = None
-        return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+        self._bars[phase] = tqdm(total=total, desc=f"{phase} {self._label(phase, strategy)}", leave=False,
+                                 file=sys.stderr, dynamic_ncols=True)
 
-    @staticmethod
-    def _close(bar: Any) -> None:
-        if bar is not None:
-            bar.close()
+    def _step_bar(self, phase: str, strategy: Any, **kwargs: Any) -> None:
+        if self._bars[phase] is not None:
+            self._bars[phase].update(1)
 
-    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
-        e = strategy.experience.current_experience
-        self._train_bar = self._open_bar(
-            strategy, f"train exp {e} epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}")
+    def _close_bar(self, phase: str) -> None:
+        if self._bars[phase] is not None:
+            self._bars[phase].close()
+        self._bars[phase] = None
 
-    def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        if self._train_bar is not None:
-            self._train_bar.update(1)
+    def _end(self, phase: str, strategy: Any, **kwargs: Any) -> None:
+        """The end of a training epoch or an eval experience: its bar closes, its summary line prints."""
+        self._close_bar(phase)
+        self._print_line(phase, self._label(phase, strategy))
 
-    def after_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
-        self._close(self._train_bar)
-        self._train_bar = None
-        e = strategy.experience.current_experience
-        self._print(f"[train] exp {e} epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}")
-
-    def before_eval_exp(self, strategy: Any, **kwargs: Any) -> None:
-        # a separate bar: periodic eval in iteration mode runs while the training bar is open
-        self._eval_bar = self._open_bar(strategy, f"eval exp {strategy.experience.current_experience}")
-
-    def after_eval_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        if self._eval_bar is not None:
-            self._eval_bar.update(1)
-
-    def after_eval_exp(self, strategy: Any, **kwargs: Any) -> None:
-        self._close(self._eval_bar)
-        self._eval_bar = None
-        self._print(f"[eval]  exp {strategy.experience.current_experience}")
+    before_training_epoch = partialmethod(_open_bar, "train")
+    after_training_iteration = partialmethod(_step_bar, "train")
+    after_training_epoch = partialmethod(_end, "train")
+    before_eval_exp = partialmethod(_open_bar, "eval")
+    after_eval_iteration = partialmethod(_step_bar, "eval")
+    after_eval_exp = partialmethod(_end, "eval")
 
     def after_eval(self, strategy: Any, **kwargs: Any) -> None:
-        self._print("[eval]  stream")
+        self._print_line("eval", "stream")
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         if self._pending:
-            self._print(f"[train] exp {strategy.experience.current_experience} done")
+            self._print_line("train", f"exp {strategy.experience.current_experience} done")
 
     def close(self) -> None:
-        self._close(self._train_bar)
-        self._close(self._eval_bar)
-        self._train_bar = self._eval_bar = None
+        for phase in self._bars:
+            self._close_bar(phase)
 
 
 class JSONLogger(BaseLogger):

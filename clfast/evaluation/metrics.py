@@ -111,12 +111,18 @@ class _EpochExpStream:
         if self.epoch:
             self._update(self._epoch, strategy)
 
-    def after_training_epoch(self, strategy: Any) -> list[MetricValue] | None:
-        if not self.epoch:
+    def _emit(self, enabled: bool, level: str, acc: _PerTask, strategy: Any,
+              per_experience: bool = False) -> list[MetricValue] | None:
+        """``{base}_{level}`` per task label of ``acc`` (reduced over ranks; named with the eval experience
+        when ``per_experience``), or None when the level is off."""
+        if not enabled:
             return None
-        x = x_position(strategy)
-        return [MetricValue(metric_name(f"{self.base}_Epoch", strategy, t), v, x)
-                for t, v in self._epoch.reduced().result().items()]
+        x, e = x_position(strategy), strategy.experience.current_experience if per_experience else None
+        return [MetricValue(metric_name(f"{self.base}_{level}", strategy, t, e), v, x)
+                for t, v in acc.reduced().result().items()]
+
+    def after_training_epoch(self, strategy: Any) -> list[MetricValue] | None:
+        return self._emit(self.epoch, "Epoch", self._epoch, strategy)
 
     def before_eval(self, strategy: Any) -> None:
         self._stream = _PerTask()
@@ -133,18 +139,10 @@ class _EpochExpStream:
                 self._stream.add(t, per_iter.sums[t], per_iter.weights[t])
 
     def after_eval_exp(self, strategy: Any) -> list[MetricValue] | None:
-        if not self.experience:
-            return None
-        x, e = x_position(strategy), strategy.experience.current_experience
-        return [MetricValue(metric_name(f"{self.base}_Exp", strategy, t, e), v, x)
-                for t, v in self._exp.reduced().result().items()]
+        return self._emit(self.experience, "Exp", self._exp, strategy, per_experience=True)
 
     def after_eval(self, strategy: Any) -> list[MetricValue] | None:
-        if not self.stream:
-            return None
-        x = x_position(strategy)
-        return [MetricValue(metric_name(f"{self.base}_Stream", strategy, t), v, x)
-                for t, v in self._stream.reduced().result().items()]
+        return self._emit(self.stream, "Stream", self._stream, strategy)
 
 
 class Accuracy(_EpochExpStream):
@@ -184,12 +182,10 @@ class Timing:
     that run inside an epoch (iteration mode) are not counted in the epoch's time."""
 
     def __init__(self) -> None:
-        self._epoch_t0 = 0.0
-        self._eval_t0 = 0.0
-        self._exp_t0 = 0.0
-        self._paused = 0.0
-        self._iters = 0
+        self._epoch_t0 = self._eval_t0 = self._exp_t0 = 0.0  # perf_counter() at the start of each span
+        self._paused = 0.0  # seconds of eval inside the current epoch, left out of its time
         self._exp_seconds = 0.0
+        self._iters = 0
 
     def before_training_exp(self, strategy: Any) -> None:
         self._exp_seconds = 0.0

@@ -19,29 +19,13 @@ than one step); ``d_max`` likewise. It runs on the device, with no host synchron
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from .._brn_ops import batch_renorm_eval, batch_renorm_train, batch_renorm_update_
+from .._checks import check_float
+from ..ops import batch_renorm_eval, batch_renorm_forward, batch_renorm_update_
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d"]
-
-
-def _check_number(
-    name: str, value: float, *, low: float = 0.0, high: float = math.inf, low_open: bool = False
-) -> float:
-    """``float(value)`` if it lies in the range, else a ValueError naming ``name``."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
-    bad_low = v <= low if low_open else v < low
-    if math.isnan(v) or bad_low or v > high:
-        lo = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {lo}{low}, {high}], got {value}")
-    return v
 
 
 class _BatchRenorm(nn.Module):
@@ -69,13 +53,13 @@ class _BatchRenorm(nn.Module):
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive int, got {num_features!r}")
         self.num_features = num_features
-        self.eps = _check_number("eps", eps, low_open=True)
-        self.momentum = _check_number("momentum", momentum, high=1.0)
-        self.r_d_max_inc_step = _check_number("r_d_max_inc_step", r_d_max_inc_step)
-        self.max_r_max = _check_number("max_r_max", max_r_max, low=1.0)
-        self.max_d_max = _check_number("max_d_max", max_d_max)
-        r_max = _check_number("r_max", r_max, low=1.0)
-        d_max = _check_number("d_max", d_max)
+        self.eps = check_float("eps", eps, low=0.0, low_open=True)
+        self.momentum = check_float("momentum", momentum, low=0.0, high=1.0)
+        self.r_d_max_inc_step = check_float("r_d_max_inc_step", r_d_max_inc_step, low=0.0)
+        self.max_r_max = check_float("max_r_max", max_r_max, low=1.0)
+        self.max_d_max = check_float("max_d_max", max_d_max, low=0.0)
+        r_max = check_float("r_max", r_max, low=1.0)
+        d_max = check_float("d_max", d_max, low=0.0)
         shape = self._param_shape()
         self.gamma = nn.Parameter(self._channel_init(gamma, "gamma", 1.0).reshape(shape))
         self.beta = nn.Parameter(self._channel_init(beta, "beta", 0.0).reshape(shape))
@@ -121,7 +105,7 @@ class _BatchRenorm(nn.Module):
 
     @r_d_max_inc_step.setter
     def r_d_max_inc_step(self, value: float) -> None:
-        v = _check_number("r_d_max_inc_step", value)
+        v = check_float("r_d_max_inc_step", value, low=0.0)
         self.r_max_inc_step = v
         self.d_max_inc_step = v
 
@@ -145,8 +129,8 @@ class _BatchRenorm(nn.Module):
         self._check_input(x)
         if not self.training:
             return batch_renorm_eval(x, self.gamma, self.beta, self.running_avg_mean, self.running_avg_std)
-        y, mean, std, _, _ = batch_renorm_train(x, self.gamma, self.beta, self.running_avg_mean,
-                                                self.running_avg_std, self.r_max, self.d_max, self.eps)
+        y, mean, std, _, _ = batch_renorm_forward(x, self.gamma, self.beta, self.running_avg_mean,
+                                                  self.running_avg_std, self.r_max, self.d_max, self.eps)
         n = x.shape[0]
         batch_renorm_update_(self.running_avg_mean, self.running_avg_std, self.r_max, self.d_max, mean, std,
                              self.momentum, self.r_max_inc_step * n, self.d_max_inc_step * n, self.max_r_max,

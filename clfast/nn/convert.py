@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .batch_renorm import BatchRenorm2d, _BatchRenorm, _check_number
+from .._checks import check_float
+from .batch_renorm import BatchRenorm2d, _BatchRenorm
 
 __all__ = ["change_brn_pars", "replace_bn_with_brn"]
 
@@ -15,15 +16,8 @@ def _from_bn(bn: nn.BatchNorm2d, **kw: float) -> BatchRenorm2d:
     gamma = bn.weight.detach() if bn.weight is not None else None
     beta = bn.bias.detach() if bn.bias is not None else None
     have_stats = bn.running_mean is not None and bn.running_var is not None
-    brn = BatchRenorm2d(
-        c,
-        gamma=gamma,
-        beta=beta,
-        running_mean=bn.running_mean if have_stats else None,
-        running_var=bn.running_var if have_stats else None,
-        eps=bn.eps,
-        **kw,
-    )
+    brn = BatchRenorm2d(c, gamma=gamma, beta=beta, running_mean=bn.running_mean if have_stats else None,
+                        running_var=bn.running_var if have_stats else None, eps=bn.eps, **kw)
     ref = bn.weight if bn.weight is not None else bn.running_mean
     if ref is not None:
         brn = brn.to(device=ref.device, dtype=ref.dtype if ref.dtype in (torch.float32, torch.float64) else None)
@@ -34,15 +28,8 @@ def _from_bn(bn: nn.BatchNorm2d, **kw: float) -> BatchRenorm2d:
     return brn
 
 
-def replace_bn_with_brn(
-    m: nn.Module,
-    momentum: float = 0.1,
-    r_d_max_inc_step: float = 1e-4,
-    r_max: float = 1.0,
-    d_max: float = 0.0,
-    max_r_max: float = 3.0,
-    max_d_max: float = 5.0,
-) -> nn.Module:
+def replace_bn_with_brn(m: nn.Module, momentum: float = 0.1, r_d_max_inc_step: float = 1e-4, r_max: float = 1.0,
+                        d_max: float = 0.0, max_r_max: float = 3.0, max_d_max: float = 5.0) -> nn.Module:
     """Replace every ``nn.BatchNorm2d`` in ``m`` (recursively, in place) with a :class:`BatchRenorm2d`.
 
     The new layer takes the BatchNorm's affine parameters, statistics (σ_run = sqrt(running_var + eps))
@@ -60,22 +47,18 @@ def replace_bn_with_brn(
     return m
 
 
-def change_brn_pars(
-    m: nn.Module,
-    momentum: float = 0.1,
-    r_d_max_inc_step: float = 1e-4,
-    r_max: float = 1.0,
-    d_max: float = 0.0,
-) -> nn.Module:
+def change_brn_pars(m: nn.Module, momentum: float = 0.1, r_d_max_inc_step: float = 1e-4, r_max: float = 1.0,
+                    d_max: float = 0.0) -> nn.Module:
     """Set the Batch Renormalization settings of every BRN layer of ``m`` (Avalanche's ``change_brn_pars``).
 
     ``r_max`` and ``d_max`` are written into the layers' buffers in place (device kept);
     ``r_d_max_inc_step`` sets both ramps' per-sample step. Returns ``m``.
     """
-    momentum = _check_number("momentum", momentum, high=1.0)
-    step = _check_number("r_d_max_inc_step", r_d_max_inc_step)
-    r_max = _check_number("r_max", r_max, low=1.0)
-    d_max = _check_number("d_max", d_max)
+    # The same ranges as the BRN constructor's, checked before any layer changes.
+    momentum = check_float("momentum", momentum, low=0.0, high=1.0)
+    step = check_float("r_d_max_inc_step", r_d_max_inc_step, low=0.0)
+    r_max = check_float("r_max", r_max, low=1.0)
+    d_max = check_float("d_max", d_max, low=0.0)
     for layer in m.modules():
         if not isinstance(layer, _BatchRenorm):
             continue

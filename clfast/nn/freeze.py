@@ -118,23 +118,24 @@ def freeze_up_to(
         names = [n for n, _ in model.named_modules()]
         stop_at = set(names[names.index(target):])
 
-    frozen_layers: set[str] = set()
+    # Avalanche marks a layer frozen at its first accepted entry and unfrozen at any rejected one, the latter
+    # overriding: so a layer ends up frozen iff the walk met it accepted and never rejected.
+    accepted: dict[str, nn.Module] = {}
+    rejected: set[str] = set()
     frozen_params: set[str] = set()
-    marks: dict[str, tuple[bool, nn.Module | None]] = {}
     for entry in get_layers_and_params(model):
         if stop_at is not None and entry.layer_name in stop_at:
             break
-        if layer_filter is None or layer_filter(entry):
-            if set_requires_grad_false:
-                entry.parameter.requires_grad_(False)
-                frozen_params.add(entry.parameter_name)
-            if entry.layer_name not in marks:
-                marks[entry.layer_name] = (True, entry.layer)
-        else:
-            marks[entry.layer_name] = (False, None)
+        if layer_filter is not None and not layer_filter(entry):
+            rejected.add(entry.layer_name)
+            continue
+        accepted.setdefault(entry.layer_name, entry.layer)
+        if set_requires_grad_false:
+            entry.parameter.requires_grad_(False)
+            frozen_params.add(entry.parameter_name)
+    frozen_layers: set[str] = set()
     if set_eval_mode:
-        for name, (frozen, layer) in marks.items():
-            if frozen and layer is not None:
-                layer.eval()
-                frozen_layers.add(name)
+        frozen_layers = set(accepted) - rejected
+        for name in frozen_layers:
+            accepted[name].eval()
     return frozen_layers, frozen_params

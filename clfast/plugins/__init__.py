@@ -1,4 +1,5 @@
-"""clfast's plugins: MAS, RWalk, SI and EWC on flat state and fused ops; CWR*.
+"""clfast's plugins: MAS, RWalk, SI and EWC on flat state and fused ops (one base class,
+``RegularizerPlugin``, and one registry, ``PLUGINS``); CWR*.
 
 All derive from ``SupervisedPlugin`` and use only the strategy attributes documented in
 ``docs/plugin-api.md``, so they also run inside an Avalanche strategy. ``docs/plugins.md`` describes each
@@ -8,11 +9,13 @@ one's cost and ``docs/avalanche-differences.md`` its differences from Avalanche.
 from __future__ import annotations
 
 from ..training.plugins import SupervisedPlugin
+from .base import RegularizerPlugin
 from .cwr_star import CWRStarPlugin, get_last_fc_layer
 from .ewc import EWCPlugin
 from .mas import MASPlugin
+from .registry import PLUGINS, PluginSpec
 from .rwalk import RWalkPlugin
 from .si import SynapticIntelligencePlugin, si_allowed_parameters
 
-__all__ = ["CWRStarPlugin", "EWCPlugin", "MASPlugin", "RWalkPlugin", "SupervisedPlugin",
-           "SynapticIntelligencePlugin", "get_last_fc_layer", "si_allowed_parameters"]
+__all__ = ["PLUGINS", "CWRStarPlugin", "EWCPlugin", "MASPlugin", "PluginSpec", "RWalkPlugin", "RegularizerPlugin",
+           "SupervisedPlugin", "SynapticIntelligencePlugin", "get_last_fc_layer", "si_allowed_parameters"]

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_bool
+from .._checks import check_bool, is_int
 from ..training.plugins import SupervisedPlugin
-from ._flat import STATE_VERSION, check_header
+from .base import STATE_VERSION, check_header
 
 __all__ = ["CWRStarPlugin", "get_last_fc_layer"]
 
@@ -45,6 +45,15 @@ def get_last_fc_layer(model: nn.Module) -> tuple[str, nn.Linear]:
 
 def _state_dtype(weight: Tensor) -> torch.dtype:
     return weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+#: The per-class state tensors, state_dict key -> attribute (one row or entry per class of the layer).
+_STATE = {"saved_weights": "_saved", "saved_mask": "_mask", "past_j": "_past_j", "cur_j": "_cur_j"}
+
+
+def _copy_of(attr: str, doc: str) -> property:
+    """A read-only property that returns a copy of the state tensor ``attr`` (callers cannot alias the state)."""
+    return property(lambda self: getattr(self, attr).clone(), doc=doc)
 
 
 class CWRStarPlugin(SupervisedPlugin, supports_distributed=True):
@@ -127,37 +136,20 @@ class CWRStarPlugin(SupervisedPlugin, supports_distributed=True):
                              f"{d_old}")
         if n < n_old:
             raise ValueError(f"CWR layer {self.cwr_layer_name!r} shrank from {n_old} to {n} classes")
-        if self._saved.device != w.device:
-            self._saved, self._mask, self._past_j, self._cur_j = (
-                t.to(w.device) for t in (self._saved, self._mask, self._past_j, self._cur_j))
-        if n > n_old:
-            pad = n - n_old
-            self._saved = torch.cat((self._saved, self._saved.new_zeros(pad, d)))
-            self._mask = torch.cat((self._mask, self._mask.new_zeros(pad)))
-            self._past_j = torch.cat((self._past_j, self._past_j.new_zeros(pad)))
-            self._cur_j = torch.cat((self._cur_j, self._cur_j.new_zeros(pad)))
+        for attr in _STATE.values():
+            t = getattr(self, attr).to(w.device)
+            if n > n_old:  # a grown layer: new classes start with no saved row and no counts
+                t = torch.cat((t, t.new_zeros(n - n_old, *t.shape[1:])))
+            setattr(self, attr, t)
         return w
 
     # -- read-only state -------------------------------------------------------------------------------
-    @property
-    def saved_weights(self) -> Tensor:
-        """Consolidated rows, (classes, in_features); meaningful where :attr:`saved_mask` is True (a copy)."""
-        return self._saved.clone()
-
-    @property
-    def saved_mask(self) -> Tensor:
-        """Per class: True if it has a consolidated row (a copy)."""
-        return self._mask.clone()
-
-    @property
-    def past_j(self) -> Tensor:
-        """Per class: training patterns consolidated so far (long, a copy)."""
-        return self._past_j.clone()
-
-    @property
-    def cur_j(self) -> Tensor:
-        """Per class: patterns of the current experience (plus :meth:`add_counts`) (long, a copy)."""
-        return self._cur_j.clone()
+    saved_weights = _copy_of("_saved", "Consolidated rows, (classes, in_features); meaningful where "
+                                       ":attr:`saved_mask` is True (a copy).")
+    saved_mask = _copy_of("_mask", "Per class: True if it has a consolidated row (a copy).")
+    past_j = _copy_of("_past_j", "Per class: training patterns consolidated so far (long, a copy).")
+    cur_j = _copy_of("_cur_j", "Per class: patterns of the current experience (plus :meth:`add_counts`) (long, "
+                               "a copy).")
 
     @property
     def cur_class(self) -> list[int]:
@@ -198,7 +190,7 @@ class CWRStarPlugin(SupervisedPlugin, supports_distributed=True):
         else:
             raise TypeError(f"classes must be an iterable of ints, got {type(classes).__name__}")
         for c in ids:
-            if isinstance(c, bool) or not isinstance(c, int):
+            if not is_int(c):
                 raise TypeError(f"class ids must be ints, got {c!r}")
             if not 0 <= c < n:
                 raise ValueError(f"class {c} is outside the CWR layer {self.cwr_layer_name!r} ({n} classes)")
@@ -271,8 +263,8 @@ class CWRStarPlugin(SupervisedPlugin, supports_distributed=True):
     def state_dict(self) -> dict[str, Any]:
         """The CWR* state (copies, on the state's device) and the constructor settings."""
         return {"plugin": "CWRStarPlugin", "version": STATE_VERSION, "cwr_layer_name": self.cwr_layer_name,
-                "freeze_remaining_model": self.freeze_remaining_model, "saved_weights": self._saved.clone(),
-                "saved_mask": self._mask.clone(), "past_j": self._past_j.clone(), "cur_j": self._cur_j.clone(),
+                "freeze_remaining_model": self.freeze_remaining_model,
+                **{key: getattr(self, attr).clone() for key, attr in _STATE.items()},
                 "cur_class": list(self._cur_class)}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -283,13 +275,10 @@ class CWRStarPlugin(SupervisedPlugin, supports_distributed=True):
         if sd.get("cwr_layer_name") != self.cwr_layer_name:
             raise ValueError(f"the state is for CWR layer {sd.get('cwr_layer_name')!r}, this plugin's is "
                              f"{self.cwr_layer_name!r}")
-        tensors = {}
-        for key in ("saved_weights", "saved_mask", "past_j", "cur_j"):
-            t = sd.get(key)
-            if not isinstance(t, Tensor):
-                raise TypeError(f"state {key!r} must be a tensor, got {type(t).__name__}")
-            tensors[key] = t
-        saved, mask, past, cur = (tensors[k] for k in ("saved_weights", "saved_mask", "past_j", "cur_j"))
+        for key in _STATE:
+            if not isinstance(sd.get(key), Tensor):
+                raise TypeError(f"state {key!r} must be a tensor, got {type(sd.get(key)).__name__}")
+        saved, mask, past, cur = (sd[key] for key in _STATE)
         if saved.dim() != 2 or not saved.is_floating_point():
             raise ValueError(f"state 'saved_weights' must be a 2-D float tensor, got {saved.dtype} "
                              f"{tuple(saved.shape)}")
@@ -304,8 +293,7 @@ class CWRStarPlugin(SupervisedPlugin, supports_distributed=True):
         if not bool(torch.isfinite(saved).all()):
             raise ValueError("state 'saved_weights' has non-finite values")
         cur_class = sd.get("cur_class")
-        if not isinstance(cur_class, (list, tuple)) or any(
-                isinstance(c, bool) or not isinstance(c, int) for c in cur_class):
+        if not isinstance(cur_class, (list, tuple)) or not all(is_int(c) for c in cur_class):
             raise TypeError("state 'cur_class' must be a list of ints")
         if sorted(cur_class) != torch.nonzero(cur > 0).reshape(-1).tolist():
             raise ValueError("state 'cur_class' does not match the classes with cur_j > 0")

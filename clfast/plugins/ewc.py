@@ -12,27 +12,17 @@ from torch import Tensor, nn
 from .. import ops
 from .._checks import check_bool, check_float
 from ..distributed import unwrap
-from ..training.plugins import SupervisedPlugin
-from ._flat import (
-    STATE_VERSION,
-    ParamTable,
-    add_penalty_grad_,
-    add_to_loss,
-    check_header,
-    experience_loader,
-    forward_batch,
-    module_modes,
-    penalty_value,
-    strategy_num_workers,
-    sync_grads,
-)
+from ..state import FlatState
+from .base import RegularizerPlugin
+from .passes import gradient_pass, strategy_num_workers
+from .table import kept
 
 __all__ = ["EWCPlugin"]
 
 _MODES = ("separate", "online")
 
 
-class EWCPlugin(SupervisedPlugin, supports_distributed=True):
+class EWCPlugin(RegularizerPlugin, supports_distributed=True):
     """EWC: penalise changes of the parameters weighted by the (empirical, batch-level) Fisher.
 
     After each experience the model is run in eval mode over the experience's data
@@ -60,6 +50,8 @@ class EWCPlugin(SupervisedPlugin, supports_distributed=True):
             ``saved_params``, as Avalanche's dicts) for inspection; the penalty does not need them.
     """
 
+    STATE_NAME = "EWCPlugin"
+
     def __init__(self, ewc_lambda: float, mode: str = "separate", decay_factor: float | None = None,
                  keep_importance_data: bool = False) -> None:
         super().__init__()
@@ -74,7 +66,6 @@ class EWCPlugin(SupervisedPlugin, supports_distributed=True):
         self.decay_factor = None if decay_factor is None else check_float("decay_factor", decay_factor,
                                                                           low=0.0, high=1.0)
         self.keep_importance_data = check_bool("keep_importance_data", keep_importance_data)
-        self._table = ParamTable({"importance": "zeros", "anchor": "copy"}, stand_in="anchor")
         self._const = 0.0  # C of the folded separate mode
         self.importances: dict[int, dict[str, Tensor]] = {}
         self.saved_params: dict[int, dict[str, Tensor]] = {}
@@ -83,14 +74,12 @@ class EWCPlugin(SupervisedPlugin, supports_distributed=True):
     @property
     def importance(self) -> dict[str, Tensor] | None:
         """The penalty's F per parameter (separate: Σ_k F_k; online: F̃), views of the flat state."""
-        st = self._table.state
-        return None if st is None else st.views("importance")
+        return self._views("importance")
 
     @property
     def anchor(self) -> dict[str, Tensor] | None:
         """The penalty's anchor per parameter (separate: the F-weighted mean θ̄; online: θ*)."""
-        st = self._table.state
-        return None if st is None else st.views("anchor")
+        return self._views("anchor")
 
     @property
     def penalty_constant(self) -> float:
@@ -98,45 +87,23 @@ class EWCPlugin(SupervisedPlugin, supports_distributed=True):
         return self._const
 
     # -- hooks ----------------------------------------------------------------------------------------
-    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        if self._table.state is not None:
-            self._table.sync(strategy.model, add_new=False)
+    def _penalty_strength(self, strategy: Any) -> float:
+        return self.ewc_lambda
 
-    def after_eval(self, strategy: Any, **kwargs: Any) -> None:
-        if self._table.state is not None:
-            self._table.sync(strategy.model, add_new=False)
-
-    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
-        if strategy.clock.train_exp_counter == 0 or self._table.state is None:
-            return
-        params = self._table.tensors(strategy.model)
-        value = penalty_value(params, self._table["importance"], self._table["anchor"], self.ewc_lambda)
-        if self._const:
-            value = value + self.ewc_lambda * self._const
-        add_to_loss(strategy, value)
-
-    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
-        if strategy.clock.train_exp_counter == 0 or self._table.state is None:
-            return
-        params = self._table.tensors(strategy.model)
-        add_penalty_grad_(params, self._table["importance"], self._table["anchor"], self.ewc_lambda)
+    def _penalty_constant(self) -> float:
+        return self._const
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         table, model = self._table, strategy.model
         t = strategy.clock.train_exp_counter
-        first = table.state is None
-        if not first:
-            table.sync(model, add_new=False)
-        n_known = 0 if first else table.state.numel
-        known_params = [] if first else table.tensors(model)
-        new_params = table.new_params(model)
-        current = self._fisher_pass(strategy, known_params + [p for _, p in new_params], kwargs)
+        n_known, params = table.pending(model)
+        current = self._fisher_pass(strategy, params, kwargs)
         # Validated: commit. New parameters are appended at the table's end, in this order.
-        old = None if first else (table["importance"].clone(), table["anchor"].clone())
+        old = None if table.state is None else (table["importance"].clone(), table["anchor"].clone())
         table.sync(model, add_new=True)
         imp, anchor = table["importance"], table["anchor"]
         theta = torch.zeros_like(anchor)
-        _gather(table, model, theta)
+        table.gather(model, theta)
         inactive = table.entry_slices(active=False)
         with torch.no_grad():
             if old is None:
@@ -145,7 +112,8 @@ class EWCPlugin(SupervisedPlugin, supports_distributed=True):
             elif self.mode == "online":
                 imp[:n_known].mul_(self.decay_factor).add_(current[:n_known])
                 imp[n_known:].copy_(current[n_known:])
-                _copy_except(anchor, theta, inactive)
+                with kept(anchor, inactive):
+                    anchor.copy_(theta)
             else:
                 self._fold(old, current, theta, n_known, inactive)
         if self.keep_importance_data:
@@ -175,42 +143,32 @@ class EWCPlugin(SupervisedPlugin, supports_distributed=True):
 
     def _fisher_pass(self, strategy: Any, params: list[Tensor], kwargs: Mapping[str, Any]) -> Tensor:
         """Mean over batches of the squared batch gradient of the criterion, in eval mode, flat."""
-        model = strategy.model
         device = params[0].device if params else strategy.device
         fisher = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=device)
-        loader = experience_loader(strategy, strategy_num_workers(kwargs))
-        with module_modes(model, training=False):
-            for k, batch in enumerate(loader, start=1):
-                # Zero (not None): a parameter without a gradient in this batch then counts as 0 in the mean.
-                model.zero_grad(set_to_none=False)
-                out, y = forward_batch(model, batch, strategy.device)
-                strategy._criterion(out, y).backward()
-                sync_grads(params)  # distributed: the global batch's gradient (docs/distributed.md)
-                # Running mean of g² over batches: F ← (1/k)·g² + (1 − 1/k)·F.
-                ops.ema_sq_update_(fisher, params, 1.0 / k)  # raises on NaN/inf before writing
+        # Running mean of g² over batches: F ← (1/k)·g² + (1 − 1/k)·F; raises on NaN/inf before writing.
+        # Zero (not None) gradients: a parameter without a gradient in a batch then counts as 0 in the mean.
+        gradient_pass(strategy, params, strategy._criterion, lambda k: ops.ema_sq_update_(fisher, params, 1.0 / k),
+                      training=False, set_to_none=False, num_workers=strategy_num_workers(kwargs))
         return fisher
 
     # -- state ----------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Folded importance/anchor (flat state with its table), the constant C, the kept per-experience data."""
-        return {"plugin": "EWCPlugin", "version": STATE_VERSION, "mode": self.mode,
-                "state": self._table.state_dict(), "const": self._const,
+    def _hparams(self) -> dict[str, Any]:
+        return {"ewc_lambda": self.ewc_lambda, "mode": self.mode, "decay_factor": self.decay_factor}
+
+    def _extra_state(self) -> dict[str, Any]:
+        """The mode, the constant C and the kept per-experience data (copies)."""
+        return {"mode": self.mode, "const": self._const,
                 "importances": {t: {n: v.clone() for n, v in d.items()} for t, d in self.importances.items()},
-                "saved_params": {t: {n: v.clone() for n, v in d.items()} for t, d in self.saved_params.items()},
-                "hparams": {"ewc_lambda": self.ewc_lambda, "mode": self.mode, "decay_factor": self.decay_factor}}
+                "saved_params": {t: {n: v.clone() for n, v in d.items()} for t, d in self.saved_params.items()}}
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], model: nn.Module | None = None) -> None:
-        """Restore :meth:`state_dict`'s output (same ``mode``). With ``model``, the state must match it.
-
-        The input is validated completely first; on error nothing changes.
-        """
-        sd = check_header(state_dict, "EWCPlugin")
+    def _check_state(self, sd: Mapping[str, Any], model: nn.Module | None) -> tuple[FlatState | None, dict[str, Any]]:
+        """The same ``mode``, C >= 0, the kept data as ``{experience: {name: tensor}}``, then the table."""
         if sd.get("mode") != self.mode:
             raise ValueError(f"the state is for mode {sd.get('mode')!r}, this plugin uses {self.mode!r}")
         const = sd.get("const", 0.0)
         if isinstance(const, bool) or not isinstance(const, (int, float)) or not const >= 0.0:
             raise ValueError(f"const must be a number >= 0, got {const!r}")
-        kept = {}
+        kept_data = {}
         for key in ("importances", "saved_params"):
             value = sd.get(key, {})
             if not isinstance(value, Mapping) or not all(
@@ -218,26 +176,6 @@ class EWCPlugin(SupervisedPlugin, supports_distributed=True):
                         isinstance(n, str) and isinstance(v, Tensor) for n, v in d.items())
                     for t, d in value.items()):
                 raise ValueError(f"{key} must map experience indices to {{name: tensor}} dicts")
-            kept[key] = {t: {n: v.clone() for n, v in d.items()} for t, d in value.items()}
-        state = self._table.check_loadable(sd.get("state"), model)
-        self._table.install(state)
-        self._const = float(const)
-        self.importances, self.saved_params = kept["importances"], kept["saved_params"]
-
-
-def _gather(table: ParamTable, model: nn.Module, out: Tensor) -> None:
-    """``out`` ← the model's parameters in table order (entries the model lacks are left as they are)."""
-    st = table.state
-    views = st.views("importance")  # only for shapes/offsets
-    pairs = [(out[e.offset:e.offset + e.numel].view(views[e.name].shape), p.detach())
-             for e, p, a in zip(st.entries, table.tensors(model), table.active, strict=True) if a]
-    if pairs:
-        with torch.no_grad():
-            torch._foreach_copy_([d for d, _ in pairs], [p for _, p in pairs])
-
-
-def _copy_except(dst: Tensor, src: Tensor, skip: list[slice]) -> None:
-    saved = [dst[s].clone() for s in skip]
-    dst.copy_(src)
-    for s, v in zip(skip, saved, strict=True):
-        dst[s].copy_(v)
+            kept_data[key] = {t: {n: v.clone() for n, v in d.items()} for t, d in value.items()}
+        state, _ = super()._check_state(sd, model)
+        return state, {"_const": float(const), **kept_data}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -12,19 +12,10 @@ from torch import Tensor, nn
 from .. import ops
 from .._checks import check_bool, check_float, check_int
 from ..distributed import unwrap
-from ..training.plugins import SupervisedPlugin
-from ._flat import (
-    STATE_VERSION,
-    ParamTable,
-    add_penalty_grad_,
-    add_to_loss,
-    check_header,
-    forward_batch,
-    module_modes,
-    names_as_set,
-    penalty_value,
-    sync_grads,
-)
+from ..state import FlatState
+from ..training.utils import module_modes
+from .base import RegularizerPlugin, names_as_set
+from .passes import batch_gradient
 
 __all__ = ["RWalkPlugin"]
 
@@ -42,7 +33,7 @@ _KINDS = {
 }
 
 
-class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
+class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
     """RWalk: EWC++ Fisher plus path-integral scores, max-normalised, as a quadratic penalty (§3).
 
     Per iteration (all fused ops): the EWC++ Fisher F ← α·g² + (1−α)·F (§3.2; a parameter without a
@@ -70,6 +61,10 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
         separate_grad_pass: reproduce Avalanche's extra eval-mode gradient pass (2-3× slower).
     """
 
+    STATE_NAME = "RWalkPlugin"
+    KINDS: ClassVar[Mapping[str, str]] = _KINDS
+    WEIGHTS = "penalty"
+
     def __init__(self, ewc_lambda: float = 0.1, ewc_alpha: float = 0.9, delta_t: int = 10, *,
                  separate_grad_pass: bool = False) -> None:
         super().__init__()
@@ -77,7 +72,6 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
         self.ewc_alpha = check_float("ewc_alpha", ewc_alpha, low=0.0, high=1.0)
         self.delta_t = check_int("delta_t", delta_t, low=1)
         self.separate_grad_pass = check_bool("separate_grad_pass", separate_grad_pass)
-        self._table = ParamTable(_KINDS, stand_in="anchor")
         # Name-level bookkeeping of Avalanche's dict keys (§3.2):
         self._in_fisher: set[str] = set()      # keys of iter_importance (had a gradient at the last update)
         self._iter_grad: list[bool] = []       # per table entry: has a gradient in this iteration
@@ -88,11 +82,9 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
 
     # -- views ----------------------------------------------------------------------------------------
     def _views(self, kind: str, keys: set[str] | None = None) -> dict[str, Tensor] | None:
-        st = self._table.state
-        if st is None:
-            return None
-        views = st.views(kind)
-        return views if keys is None else {n: v for n, v in views.items() if n in keys}
+        """``kind`` per parameter name, only the names in ``keys`` (Avalanche's dict keys) if given."""
+        views = super()._views(kind)
+        return views if views is None or keys is None else {n: v for n, v in views.items() if n in keys}
 
     @property
     def iter_importance(self) -> dict[str, Tensor] | None:
@@ -124,7 +116,8 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
         return {e.name: views[e.name] for e, p in zip(self._table.state.entries, self._penalised, strict=True) if p}
 
     # -- structure ------------------------------------------------------------------------------------
-    def _sync(self, model: nn.Module) -> None:
+    def _follow_model(self, model: nn.Module) -> None:
+        """Unlike MAS/EWC/SI, parameters new to the model join at once (Avalanche's dicts get the key)."""
         table = self._table
         changed = table.sync(model, add_new=True)
         if changed:
@@ -136,7 +129,7 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
 
     # -- hooks ----------------------------------------------------------------------------------------
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
-        self._sync(strategy.model)
+        self._follow_model(strategy.model)
         table, model = self._table, strategy.model
         table["loss"].zero_()
         table["ckpt_scores"].zero_()
@@ -145,40 +138,33 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
         self._ckpt_keys = {n for n, _ in unwrap(model).named_parameters()}
 
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        self._sync(strategy.model)
+        self._follow_model(strategy.model)
         self._table.copy_from_model("prev", strategy.model)
-
-    def after_eval(self, strategy: Any, **kwargs: Any) -> None:
-        if self._table.state is not None:  # eval may have adapted (grown) the model
-            self._sync(strategy.model)
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         if not self.separate_grad_pass:
             return
         model = strategy.model
         params = self._table.tensors(model)
-        with module_modes(model, training=False):
-            model.zero_grad(set_to_none=True)
-            out, y = forward_batch(model, strategy.mbatch, strategy.device)
-            strategy._criterion(out, y).backward()
-        sync_grads(params)  # distributed: the global batch's gradient, as DDP gives in training
+        with module_modes(model, training=False):  # distributed: the global batch's gradient, as DDP's
+            batch_gradient(model, strategy.mbatch, strategy.device, strategy._criterion, params, set_to_none=True)
         self._read_task_grad(params)
         model.zero_grad(set_to_none=True)
 
-    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
-        if strategy.clock.train_exp_counter == 0 or self._penalised is None:
-            return
-        params = self._table.tensors(strategy.model)
-        add_to_loss(strategy, penalty_value(params, self._table["penalty"], self._table["anchor"],
-                                            self.ewc_lambda))
+    def _penalty_active(self, strategy: Any) -> bool:
+        return strategy.clock.train_exp_counter > 0 and self._penalised is not None
+
+    def _penalty_strength(self, strategy: Any) -> float:
+        return self.ewc_lambda
+
+    def _penalty_mask(self) -> list[bool] | None:
+        return self._penalised
 
     def after_backward(self, strategy: Any, **kwargs: Any) -> None:
         params = self._table.tensors(strategy.model)
         if not self.separate_grad_pass:
             self._read_task_grad(params)  # .grad holds the task gradient: the penalty's is not in yet
-        if strategy.clock.train_exp_counter > 0 and self._penalised is not None:
-            add_penalty_grad_(params, self._table["penalty"], self._table["anchor"], self.ewc_lambda,
-                              self._penalised)
+        super().after_backward(strategy, **kwargs)
 
     def _read_task_grad(self, params: list[Tensor]) -> None:
         """g_t ← ``.grad``: update the EWC++ Fisher and keep a copy of g for the path integral."""
@@ -198,11 +184,7 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
                                grads=[g if i in fresh_set else None for i, g in enumerate(grads)])
         self._in_fisher = {n for n, has in zip(names, now, strict=True) if has}
         self._iter_grad = now
-        views = table.state.views("grad")
-        pairs = [(views[n], g) for n, g in zip(names, grads, strict=True) if g is not None]
-        if pairs:
-            with torch.no_grad():
-                torch._foreach_copy_([v for v, _ in pairs], [g for _, g in pairs])
+        table.copy_in(table["grad"], grads)
 
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         table = self._table
@@ -219,7 +201,7 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         table, model = self._table, strategy.model
-        self._sync(model)
+        self._follow_model(model)
         st = table.state
         names = st.names
         with torch.no_grad():
@@ -251,25 +233,22 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
             self._ckpt_keys = {n for n, _ in unwrap(model).named_parameters()}
 
     # -- state ----------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """All flat state (with its table), the name bookkeeping and the hyper-parameters."""
+    def _hparams(self) -> dict[str, Any]:
+        return {"ewc_lambda": self.ewc_lambda, "ewc_alpha": self.ewc_alpha, "delta_t": self.delta_t}
+
+    def _extra_state(self) -> dict[str, Any]:
+        """The name bookkeeping (sorted name lists)."""
         names = [] if self._table.state is None else self._table.state.names
-        return {"plugin": "RWalkPlugin", "version": STATE_VERSION, "state": self._table.state_dict(),
-                "in_fisher": sorted(self._in_fisher), "ckpt_keys": sorted(self._ckpt_keys),
+        return {"in_fisher": sorted(self._in_fisher), "ckpt_keys": sorted(self._ckpt_keys),
                 "scored": None if self._scored is None else sorted(self._scored),
                 "exp_fisher_keys": sorted(self._exp_fisher_keys),
                 "penalised": None if self._penalised is None else
                 [n for n, p in zip(names, self._penalised, strict=True) if p],
-                "iter_grad": [n for n, p in zip(names, self._iter_grad, strict=False) if p],
-                "hparams": {"ewc_lambda": self.ewc_lambda, "ewc_alpha": self.ewc_alpha, "delta_t": self.delta_t}}
+                "iter_grad": [n for n, p in zip(names, self._iter_grad, strict=False) if p]}
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], model: nn.Module | None = None) -> None:
-        """Restore :meth:`state_dict`'s output. With ``model``, the state must match its parameters.
-
-        The input is validated completely first; on error nothing changes.
-        """
-        sd = check_header(state_dict, "RWalkPlugin")
-        state = self._table.check_loadable(sd.get("state"), model)
+    def _check_state(self, sd: Mapping[str, Any], model: nn.Module | None) -> tuple[FlatState | None, dict[str, Any]]:
+        """The table, then name lists that name only its entries."""
+        state, _ = super()._check_state(sd, model)
         names = [] if state is None else state.names
         in_fisher = names_as_set(sd.get("in_fisher"), "in_fisher")
         ckpt_keys = names_as_set(sd.get("ckpt_keys"), "ckpt_keys")
@@ -280,7 +259,7 @@ class RWalkPlugin(SupervisedPlugin, supports_distributed=True):
         unknown = (in_fisher | (scored or set()) | exp_keys | (penalised or set()) | iter_grad) - set(names)
         if unknown:
             raise ValueError(f"the state names parameters it has no entry for: {sorted(unknown)[:5]}")
-        self._table.install(state)
-        self._in_fisher, self._ckpt_keys, self._scored, self._exp_fisher_keys = in_fisher, ckpt_keys, scored, exp_keys
-        self._penalised = None if penalised is None else [n in penalised for n in names]
-        self._iter_grad = [n in iter_grad for n in names]
+        return state, {"_in_fisher": in_fisher, "_ckpt_keys": ckpt_keys, "_scored": scored,
+                       "_exp_fisher_keys": exp_keys,
+                       "_penalised": None if penalised is None else [n in penalised for n in names],
+                       "_iter_grad": [n in iter_grad for n in names]}

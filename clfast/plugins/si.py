@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -13,8 +13,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .. import ops
 from .._checks import check_float
-from ..training.plugins import SupervisedPlugin
-from ._flat import STATE_VERSION, ParamTable, add_penalty_grad_, add_to_loss, check_header, penalty_value
+from .base import RegularizerPlugin
 
 __all__ = ["SynapticIntelligencePlugin", "si_allowed_parameters"]
 
@@ -40,7 +39,7 @@ def si_allowed_parameters(model: nn.Module, excluded_parameters: Sequence[str] =
             if p.requires_grad and n not in norm_owned and not any(fnmatch.fnmatch(n, pat) for pat in patterns)]
 
 
-class SynapticIntelligencePlugin(SupervisedPlugin, supports_distributed=True):
+class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
     """SI: penalise changes of the parameters that contributed most to the loss decrease.
 
     Per iteration the path integral ω −= g⊙(θ_new − θ_old) is accumulated by one fused op, with g the
@@ -63,9 +62,14 @@ class SynapticIntelligencePlugin(SupervisedPlugin, supports_distributed=True):
             where the parameters are.
     """
 
+    STATE_NAME = "SynapticIntelligencePlugin"
+    #: θ*, Ω, the path integral ω, its running sum over experiences and the θ_old snapshot.
+    KINDS: ClassVar[Mapping[str, str]] = {"anchor": "copy", "importance": "zeros", "omega": "zeros",
+                                          "cum": "zeros", "prev": "copy"}
+
     def __init__(self, si_lambda: float | Sequence[float], eps: float = 1e-7,
                  excluded_parameters: Sequence[str] | None = None, device: Any = "as_strategy") -> None:
-        super().__init__()
+        super().__init__(select=lambda m: si_allowed_parameters(m, self.excluded_parameters))
         if isinstance(si_lambda, (list, tuple)):
             if not si_lambda:
                 raise ValueError("si_lambda must not be an empty sequence")
@@ -85,9 +89,6 @@ class SynapticIntelligencePlugin(SupervisedPlugin, supports_distributed=True):
             except (TypeError, RuntimeError) as err:
                 raise ValueError(f"device must be 'as_strategy' or a torch device, got {device!r}") from err
         self._device = device
-        self._table = ParamTable({"anchor": "copy", "importance": "zeros", "omega": "zeros", "cum": "zeros",
-                                  "prev": "copy"}, stand_in="anchor",
-                                 select=lambda m: si_allowed_parameters(m, self.excluded_parameters))
 
     # -- views ----------------------------------------------------------------------------------------
     @property
@@ -122,26 +123,18 @@ class SynapticIntelligencePlugin(SupervisedPlugin, supports_distributed=True):
         table.copy_from_model("prev", strategy.model)
         table["omega"].zero_()
 
-    def after_eval(self, strategy: Any, **kwargs: Any) -> None:
-        if self._table.state is not None:
-            self._table.sync(strategy.model, add_new=False)
+    def _tracking(self) -> bool:
+        """Some parameter is tracked (all hooks below are no-ops until then)."""
+        return self._table.state is not None and self._table.state.numel != 0
 
-    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
-        if self._table.state is None or self._table.state.numel == 0:
-            return
-        lam = self.lambda_for(strategy.clock.train_exp_counter)
-        params = self._table.tensors(strategy.model)
-        add_to_loss(strategy, penalty_value(params, self._table["importance"], self._table["anchor"], lam / 2))
+    def _penalty_active(self, strategy: Any) -> bool:
+        return self._tracking()  # in every experience (§4.9)
 
-    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
-        if self._table.state is None or self._table.state.numel == 0:
-            return
-        lam = self.lambda_for(strategy.clock.train_exp_counter)
-        params = self._table.tensors(strategy.model)
-        add_penalty_grad_(params, self._table["importance"], self._table["anchor"], lam / 2)
+    def _penalty_strength(self, strategy: Any) -> float:
+        return self.lambda_for(strategy.clock.train_exp_counter) / 2  # (λ_e/2)·Σ Ω⊙(θ−θ*)²
 
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        if self._table.state is None or self._table.state.numel == 0:
+        if not self._tracking():
             return
         params = self._table.tensors(strategy.model)
         # ω −= g⊙(θ_new − θ_old), θ_old ← θ_new; raises on NaN/inf before writing. A parameter
@@ -149,25 +142,13 @@ class SynapticIntelligencePlugin(SupervisedPlugin, supports_distributed=True):
         ops.path_integral_update_(self._table["omega"], self._table["prev"], params)
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        if self._table.state is None or self._table.state.numel == 0:
+        if not self._tracking():
             return
         params = self._table.tensors(strategy.model)
         ops.si_consolidate_(self._table["cum"], self._table["importance"], self._table["omega"],
                             self._table["anchor"], params, c=SI_C, eps=self.eps, clip=SI_CLIP)
 
     # -- state ----------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """θ*, Ω, ω, cum and the snapshot (flat state with its table) and the hyper-parameters."""
-        return {"plugin": "SynapticIntelligencePlugin", "version": STATE_VERSION,
-                "state": self._table.state_dict(),
-                "hparams": {"si_lambda": list(self.si_lambda), "eps": self.eps,
-                            "excluded_parameters": list(self.excluded_parameters)}}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], model: nn.Module | None = None) -> None:
-        """Restore :meth:`state_dict`'s output. With ``model``, the state must match its parameters.
-
-        The input is validated completely first; on error nothing changes.
-        """
-        sd = check_header(state_dict, "SynapticIntelligencePlugin")
-        state = self._table.check_loadable(sd.get("state"), model)
-        self._table.install(state)
+    def _hparams(self) -> dict[str, Any]:
+        return {"si_lambda": list(self.si_lambda), "eps": self.eps,
+                "excluded_parameters": list(self.excluded_parameters)}

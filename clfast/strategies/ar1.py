@@ -10,33 +10,24 @@ labels, a memory reshuffled every epoch, preallocated storage, freeze targets th
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
-from torch.utils.data.dataloader import default_collate
 
 from .. import distributed as dist
 from .._checks import check_float, check_int
 from ..evaluation import EvaluationPlugin, default_evaluator
 from ..nn import MobileNetV1, change_brn_pars, replace_bn_with_brn
-from ..nn.batch_renorm import _BatchRenorm
 from ..nn.freeze import filter_bn_and_brn, freeze_up_to
 from ..plugins import CWRStarPlugin, SynapticIntelligencePlugin
 from ..training.templates import SupervisedTemplate
-from ..training.utils import stream_name
+from ..training.utils import module_modes
+from .ar1_state import AR1StateMixin
 from .latent_replay import LatentReplayMemory, LatentStaging, new_pattern_count, rank_minibatch_split
 
 __all__ = ["AR1", "ar1_from_optimizer", "check_latent_model"]
-
-#: Format version of :meth:`AR1.state_dict`.
-AR1_STATE_VERSION = 1
-
-#: The BRN settings that are plain attributes (not buffers), saved by :meth:`AR1.state_dict`.
-_BRN_SETTINGS = ("momentum", "r_max_inc_step", "d_max_inc_step", "max_r_max", "max_d_max")
-
 
 def check_latent_model(model: Any) -> nn.Module:
     """Check that ``model`` has AR1's latent split (§4.2); returns it, or raises a TypeError saying what is missing.
@@ -69,7 +60,7 @@ def check_latent_model(model: Any) -> nn.Module:
     return model
 
 
-class AR1(SupervisedTemplate):
+class AR1(AR1StateMixin, SupervisedTemplate):
     """AR1*: CWR* on the output layer, Batch Renormalization, latent replay and optionally SI (§4).
 
     The model is split at a latent layer: ``lat_features`` (frozen from the second experience on, always in eval
@@ -229,6 +220,10 @@ class AR1(SupervisedTemplate):
         self._latent_input: Tensor | None = None
         self._return_lat_acts = False
         self._lat_acts: Tensor | None = None
+        self._collect = False  # this epoch stages latents for the memory (§4.7)
+        self._epoch_iteration = 0
+        self._cur_x: Tensor | None = None  # the current patterns of the iteration, for the staging
+        self._cur_y: Tensor | None = None
 
     # ------------------------------------------------------------------------------------------------ modes
     def set_training_modes(self) -> None:
@@ -266,30 +261,20 @@ class AR1(SupervisedTemplate):
     def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, pin_memory: bool | None = None,
                               persistent_workers: bool = False, drop_last: bool = False, **kwargs: Any) -> None:
         """§4.6: a shuffled loader of ``cur_bs`` current patterns (all of them: ``drop_last`` is ignored, the
-        first epoch feeds the memory), and the staging of the §4.7 candidates."""
-        dataset = self.adapted_dataset
-        n = len(dataset)
-        if n == 0:
-            raise ValueError(f"training experience {getattr(self.experience, 'current_experience', '?')} of stream "
-                             f"'{stream_name(self.experience)}' is empty")
+        first epoch feeds the memory) drawing from the strategy's generator, and the staging of the §4.7
+        candidates. Under ``torch.distributed`` this rank's shard, as the template's (docs/distributed.md, "AR1")."""
+        n = len(self.adapted_dataset)
         exp_index = self.clock.train_exp_counter
         world = dist.world_size()
         self._latent_path = exp_index > 0 and self.memory.allocated
         self._cur_bs, self._replay_bs = rank_minibatch_split(n, self.rm_sz, self.train_mb_size,
                                                              self._latent_path and self.memory.size > 0, world)
-        if pin_memory is None:
-            pin_memory = self.device.type == "cuda"
-        n_total = n
-        loader_kw: dict[str, Any] = {"shuffle": shuffle}
-        if world > 1:  # this rank's shard, as the template's (docs/distributed.md, "AR1")
-            sampler = dist.distributed_sampler(dataset, shuffle=shuffle,
-                                               seed=self.sampler_seed + self.clock.train_exp_counter)
-            loader_kw = {"sampler": sampler}
-            n_total = world * len(sampler)  # the union of the shards, padded as the sampler pads
-        self.dataloader = DataLoader(dataset, batch_size=self._cur_bs, num_workers=num_workers,
-                                     pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
-                                     drop_last=False, generator=self._generator,
-                                     collate_fn=getattr(dataset, "collate_fn", None) or default_collate, **loader_kw)
+        self.dataloader = self._make_loader("training", self._cur_bs, shuffle=shuffle, num_workers=num_workers,
+                                            pin_memory=pin_memory, persistent_workers=persistent_workers,
+                                            drop_last=False, seed=self.sampler_seed + exp_index,
+                                            generator=self._generator)
+        # The staging spans the union of the ranks' shards, padded as the DistributedSampler pads.
+        n_total = world * len(self.dataloader.sampler) if world > 1 else n
         h = new_pattern_count(self.rm_sz, exp_index, n, self.memory.size)
         staging_device = self.memory.device
         if staging_device is None:
@@ -299,58 +284,52 @@ class AR1(SupervisedTemplate):
         self._stage_inputs = self.lat_train_mode_first_exp and exp_index == 0
 
     def training_epoch(self, **kwargs: Any) -> None:
-        """One epoch of §4.6: each minibatch is ``cur_bs`` current patterns plus the next ``replay_bs`` latents of the
-        memory (reshuffled at the start of every epoch); labels and task labels are extended to match; in the first
-        epoch the current latents are staged for the memory with their own labels."""
+        """One epoch of §4.6 on the template's iteration: the memory is reshuffled at its start, and every
+        minibatch is extended with replayed latents (:meth:`_before_forward_step`); in the first epoch the current
+        latents are staged for the memory (:meth:`_after_forward_step`)."""
         if self._latent_path:
             self.memory.shuffle_(self._generator)
-        collect = self.clock.train_exp_epochs == 0 and self._staging is not None
-        r = self._replay_bs
-        world, rank = dist.world_size(), dist.rank()
+        self._collect = self.clock.train_exp_epochs == 0 and self._staging is not None
+        self._epoch_iteration = 0
         self._global_position = 0
-        for it, mbatch in enumerate(self.dataloader):
-            if self._stop_training:
-                break
-            self.mbatch = mbatch
-            self._unpack_minibatch()
-            self._trigger("before_training_iteration", **kwargs)
-            self.optimizer.zero_grad()
-            self.loss = self._make_empty_loss()
-            cur_y = self.mbatch[1]
-            self._latent_input = None
-            if self._latent_path:
-                # rank k's part of the iteration's global replay slice [it·W·r, (it+1)·W·r)
-                start = (it * world + rank) * r
-                lat_x, lat_y = self.memory.batch(start, start + r, self.device)
-                self._latent_input = lat_x
-                self.mbatch[1] = torch.cat((cur_y, lat_y))
-                if len(self.mbatch) >= 3:
-                    t = self.mbatch[2]
-                    self.mbatch[2] = torch.cat((t, torch.zeros(lat_y.shape[0], dtype=t.dtype, device=t.device)))
-            self._return_lat_acts = collect and not self._stage_inputs
-            cur_x = self.mb_x
-            self._trigger("before_forward", **kwargs)
-            self.mb_output = self.forward()
-            positions = None
-            if world > 1:  # positions in the union of the ranks' minibatches, in rank order
-                b = int(cur_y.shape[0])
-                positions = torch.arange(b) + self._global_position + rank * b
-                self._global_position += world * b
-            if collect and self._stage_inputs:
-                self._staging.add(cur_x, cur_y, positions)  # type: ignore[union-attr]
-            elif collect and self._lat_acts is not None:
-                self._staging.add(self._lat_acts, cur_y, positions)  # type: ignore[union-attr]
-            self._lat_acts = None
-            self._trigger("after_forward", **kwargs)
-            self.loss += self.criterion()
-            self._trigger("before_backward", **kwargs)
-            self.backward()
-            self._trigger("after_backward", **kwargs)
-            self._trigger("before_update", **kwargs)
-            self.optimizer_step()
-            self._trigger("after_update", **kwargs)
-            self._trigger("after_training_iteration", **kwargs)
+        super().training_epoch(**kwargs)
         self._latent_input = None
+
+    def _before_forward_step(self) -> None:
+        """§4.6: the next ``replay_bs`` latents of the memory go to the forward as ``latent_input``; labels and task
+        labels (0) are extended to match. The current patterns are kept for the staging."""
+        self._cur_x, self._cur_y = self.mb_x, self.mbatch[1]
+        self._latent_input = None
+        if self._latent_path:
+            # rank k's part of the iteration's global replay slice [it·W·r, (it+1)·W·r)
+            r = self._replay_bs
+            start = (self._epoch_iteration * dist.world_size() + dist.rank()) * r
+            lat_x, lat_y = self.memory.batch(start, start + r, self.device)
+            self._latent_input = lat_x
+            self.mbatch[1] = torch.cat((self._cur_y, lat_y))
+            if len(self.mbatch) >= 3:
+                t = self.mbatch[2]
+                self.mbatch[2] = torch.cat((t, torch.zeros(lat_y.shape[0], dtype=t.dtype, device=t.device)))
+        self._epoch_iteration += 1
+        self._return_lat_acts = self._collect and not self._stage_inputs
+
+    def _after_forward_step(self) -> None:
+        """§4.7, first epoch: the current patterns' latents (or, with ``lat_train_mode_first_exp`` in the first
+        experience, their inputs) are staged with their own labels, at their positions in the union of the ranks'
+        minibatches (in rank order)."""
+        cur_x, cur_y = self._cur_x, self._cur_y
+        self._cur_x = self._cur_y = None
+        world = dist.world_size()
+        positions = None
+        if world > 1:
+            b = int(cur_y.shape[0])
+            positions = torch.arange(b) + self._global_position + dist.rank() * b
+            self._global_position += world * b
+        if self._collect and self._stage_inputs:
+            self._staging.add(cur_x, cur_y, positions)  # type: ignore[union-attr]
+        elif self._collect and self._lat_acts is not None:
+            self._staging.add(self._lat_acts, cur_y, positions)  # type: ignore[union-attr]
+        self._lat_acts = None
 
     def forward(self) -> Any:
         """Training: ``model(x, latent_input=replayed latents, return_lat_acts=first epoch)`` (§4.2, §4.6); eval:
@@ -364,29 +343,11 @@ class AR1(SupervisedTemplate):
 
     def backward(self) -> None:
         """``loss.backward()``; under ``torch.distributed`` the gradients are then averaged over the ranks, each
-        rank's weighted by its rows (current plus replayed), i.e. the mean-loss gradient over the union of the
-        ranks' minibatches (their replay parts may differ in size). Before ``after_backward``, as DDP's."""
+        rank's weighted by its rows (current plus replayed): Σ_r rows_r·g_r / Σ_r rows_r, the mean-loss gradient over
+        the union of the ranks' minibatches (their replay parts may differ in size). Only the parameters with a
+        ``.grad`` take part, the same on every rank. Before ``after_backward``, as DDP's."""
         super().backward()
-        if dist.world_size() > 1:
-            self._average_gradients(int(self.mb_y.shape[0]))
-
-    def _average_gradients(self, rows: int) -> None:
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        for g in grads:
-            by_dtype.setdefault(g.dtype, []).append(g)
-        dev = dist.comm_device()
-        for dtype, group in sorted(by_dtype.items(), key=lambda kv: str(kv[0])):
-            flat = torch.cat([g.detach().reshape(-1).to(dev) * rows for g in group]
-                             + [torch.full((1,), float(rows), dtype=dtype, device=dev)])
-            dist.all_reduce_sum_(flat)
-            flat = flat[:-1] / flat[-1]
-            offset = 0
-            with torch.no_grad():
-                for g in group:
-                    k = g.numel()
-                    g.copy_(flat[offset: offset + k].view_as(g))
-                    offset += k
+        dist.all_reduce_grads_(list(self.model.parameters()), weight=int(self.mb_y.shape[0]), missing="skip")
 
     def _before_training(self, **kwargs: Any) -> None:
         """Under ``torch.distributed``, at the first ``train()``: rank 0's parameters and buffers on every rank."""
@@ -428,92 +389,16 @@ class AR1(SupervisedTemplate):
     @torch.no_grad()
     def _latents_of(self, inputs: Tensor) -> Tensor:
         lat = self.model.lat_features
-        was_training = lat.training
-        lat.eval()
-        try:
+        with module_modes(lat, training=False):
             if inputs.shape[0] == 0:  # nothing to store, but the memory needs the latent shape
                 return lat(torch.zeros((1, *inputs.shape[1:]), dtype=inputs.dtype, device=self.device))[:0]
-            parts = [lat(inputs[i: i + self.eval_mb_size].to(self.device, non_blocking=True))
-                     for i in range(0, inputs.shape[0], self.eval_mb_size)]
-        finally:
-            lat.train(was_training)
-        return torch.cat(parts)
+            return torch.cat([lat(inputs[i: i + self.eval_mb_size].to(self.device, non_blocking=True))
+                              for i in range(0, inputs.shape[0], self.eval_mb_size)])
 
     def _cleanup_after_training(self) -> None:
         super()._cleanup_after_training()
         self._staging = None
-        self._latent_input = self._lat_acts = None
-
-    # ------------------------------------------------------------------------------------------------ state
-    def _brn_settings(self) -> dict[str, dict[str, float]]:
-        return {name: {k: float(getattr(m, k)) for k in _BRN_SETTINGS}
-                for name, m in self.model.named_modules() if isinstance(m, _BatchRenorm)}
-
-    def _hparams(self) -> dict[str, Any]:
-        return {"rm_sz": self.rm_sz, "ewc_lambda": self.ewc_lambda, "freeze_below_layer": self.freeze_below_layer,
-                "lr": self.lr, "inc_lr": self.inc_lr, "train_mb_size": self.train_mb_size}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The whole strategy: model (BRN running statistics and r_max/d_max are buffers), the BRN settings that are
-        attributes (momentum, ramp steps, limits), optimizer, replay memory, CWR*, SI, clock counters and the random
-        generator. A strategy built with the same arguments resumes from it with the same next iterations."""
-        return {
-            "strategy": "AR1",
-            "version": AR1_STATE_VERSION,
-            "hparams": self._hparams(),
-            "model": self.model.state_dict(),
-            "brn": self._brn_settings(),
-            "optimizer": self.optimizer.state_dict(),
-            "memory": self.memory.state_dict(),
-            "cwr": self.cwr.state_dict(),
-            "si": None if self.si is None else self.si.state_dict(),
-            "clock": self.clock.as_dict(),
-            "generator": self._generator.get_state(),
-        }
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output into a strategy built with the same hyper-parameters.
-
-        Checked before anything changes: the format, the hyper-parameters that shape the state (``rm_sz``, SI on
-        or off, ...), the BRN layers and the memory. Freezing and the incremental optimizer are re-applied at the
-        next experience from the restored experience counter.
-        """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"AR1.load_state_dict expects a dict, got {type(state_dict).__name__}")
-        if state_dict.get("strategy") != "AR1" or state_dict.get("version") != AR1_STATE_VERSION:
-            raise ValueError(f"not an AR1 state_dict of version {AR1_STATE_VERSION}")
-        saved_h, mine = state_dict.get("hparams", {}), self._hparams()
-        diff = {k: (saved_h.get(k), v) for k, v in mine.items() if saved_h.get(k) != v}
-        if diff:
-            raise ValueError(f"the state was saved by an AR1 with other hyper-parameters (saved, this): {diff}")
-        brn = state_dict["brn"]
-        if set(brn) != set(self._brn_settings()):
-            raise ValueError("the saved BRN layers do not match this model's")
-        LatentReplayMemory.check_state(state_dict["memory"], self.rm_sz)
-        if (state_dict["si"] is None) != (self.si is None):
-            raise ValueError("SI state present in one of the state and the strategy but not the other")
-        clock = state_dict["clock"]
-        if set(clock) != set(self.clock.as_dict()):
-            raise ValueError("bad clock state")
-
-        self.model.load_state_dict(state_dict["model"])
-        modules = dict(self.model.named_modules())
-        for name, settings in brn.items():
-            layer = modules[name]
-            layer.momentum = settings["momentum"]
-            layer.r_max_inc_step = settings["r_max_inc_step"]
-            layer.d_max_inc_step = settings["d_max_inc_step"]
-            layer.max_r_max = settings["max_r_max"]
-            layer.max_d_max = settings["max_d_max"]
-        self.model.to(self.device)
-        self.optimizer.load_state_dict(state_dict["optimizer"])
-        self.memory.load_state_dict(state_dict["memory"], self.device)
-        self.cwr.load_state_dict(state_dict["cwr"])
-        if self.si is not None:
-            self.si.load_state_dict(state_dict["si"], self.model)
-        for k, v in clock.items():
-            setattr(self.clock, k, int(v))
-        self._generator.set_state(state_dict["generator"])
+        self._latent_input = self._lat_acts = self._cur_x = self._cur_y = None
 
 
 def ar1_from_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -1,11 +1,12 @@
-"""Shared fixtures of the plugin tests: small models (MLP, CNN with BatchNorm, multi-head), streams,
-a minimal Avalanche-attribute-only strategy, and a runner that trains a clfast plugin and its
-Avalanche transcription side by side on identical copies of a model."""
+"""Shared fixtures of the plugin tests: small models (MLP, CNN with BatchNorm, multi-head), streams, the
+model/stream cases every regulariser is compared with Avalanche on, a minimal Avalanche-attribute-only
+strategy, and a runner that trains a clfast plugin and its Avalanche transcription side by side on
+identical copies of a model."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from clfast.evaluation import EvaluationPlugin
 from clfast.strategies import Naive
 from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
+from clfast.training import SupervisedTemplate
 
 N_FEATURES = 10
 N_CLASSES = 6
@@ -86,6 +88,16 @@ class GrowingHead(nn.Module):
         return self.classifier(self.trunk(x))
 
 
+#: name -> (model factory, task-incremental stream): the cases the plugins are compared with Avalanche on.
+MODEL_CASES: dict[str, tuple[Callable[[], nn.Module], bool]] = {
+    "mlp-class": (mlp, False),
+    "cnn_bn-class": (SmallCNN, False),
+    "multihead-task": (MultiHead, True),
+    "multihead_bn-task": (lambda: MultiHead(bn=True), True),
+    "growing_head-class": (GrowingHead, False),
+}
+
+
 def seeded(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return factory()
@@ -137,11 +149,20 @@ def naive(model: nn.Module, plugins: list[Any], lr: float = 0.1, momentum: float
     return Naive(model, opt, train_mb_size=mb, train_epochs=epochs, plugins=plugins, evaluator=EvaluationPlugin())
 
 
-def train_stream(strategy: Any, experiences: Stream, seed: int = 0) -> None:
+def train_stream(strategy: Any, experiences: Iterable[Any], seed: int = 0) -> None:
     """One ``train()`` call per experience, with the shuffling seeded per experience."""
     for exp in experiences:
         torch.manual_seed(seed + 101 * exp.current_experience)
         strategy.train(exp)
+
+
+def trained(plugins: list[Any], factory: Callable[[], nn.Module] = mlp, experiences: Iterable[Any] = (),
+            **naive_kw: Any) -> Naive:
+    """:func:`naive` with ``plugins`` on a seeded ``factory()`` model, trained on ``experiences`` (one
+    :func:`train_stream`; none by default)."""
+    strategy = naive(seeded(factory), plugins, **naive_kw)
+    train_stream(strategy, experiences)
+    return strategy
 
 
 def run_side_by_side(factory: Callable[[], nn.Module], ours: Any, ref: Any, experiences: Stream,
@@ -154,6 +175,17 @@ def run_side_by_side(factory: Callable[[], nn.Module], ours: Any, ref: Any, expe
     train_stream(sa, experiences)
     train_stream(sb, experiences)
     return sa, sb, rec_a, rec_b
+
+
+def run_case(case: str, ours: Any, ref: Any, *, loss_rtol: float = 1e-4, model_rtol: float = 1e-4,
+             model_atol: float = 1e-6, **naive_kw: Any) -> tuple[Naive, Naive]:
+    """:func:`run_side_by_side` on the model and stream of ``MODEL_CASES[case]``; asserts that the recorded
+    losses (``rtol=loss_rtol``) and the final models (parameters and buffers) agree."""
+    factory, task_incremental = MODEL_CASES[case]
+    sa, sb, ra, rb = run_side_by_side(factory, ours, ref, stream(task_incremental=task_incremental), **naive_kw)
+    assert_losses_close(ra, rb, rtol=loss_rtol)
+    assert_models_close(sa.model, sb.model, rtol=model_rtol, atol=model_atol)
+    return sa, sb
 
 
 def assert_dicts_close(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], what: str,
@@ -237,17 +269,10 @@ class MiniStrategy:
     def is_eval(self) -> bool:
         return not self.is_training
 
-    @property
-    def mb_x(self) -> torch.Tensor:
-        return self.mbatch[0]
-
-    @property
-    def mb_y(self) -> torch.Tensor:
-        return self.mbatch[1]
-
-    @property
-    def mb_task_id(self) -> torch.Tensor:
-        return self.mbatch[-1]
+    # The template's own minibatch views: they read nothing but ``mbatch``.
+    mb_x = SupervisedTemplate.mb_x
+    mb_y = SupervisedTemplate.mb_y
+    mb_task_id = SupervisedTemplate.mb_task_id
 
     def stop_training(self) -> None:
         self._stop = True

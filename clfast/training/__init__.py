@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from .base import BaseTemplate
 from .clock import Clock
 from .periodic_eval import PeriodicEval
 from .plugins import BASE_HOOKS, SGD_HOOKS, SUPERVISED_HOOKS, BasePlugin, BaseSGDPlugin, SupervisedPlugin
-from .templates import BaseTemplate, SupervisedTemplate
+from .templates import SupervisedTemplate
 
 __all__ = [
     "BASE_HOOKS",

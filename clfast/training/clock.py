@@ -22,13 +22,20 @@ class Clock(SupervisedPlugin, supports_distributed=True):
         total_iterations: training plus eval iterations since construction (never reset).
     """
 
+    #: The counters, in :meth:`as_dict` order.
+    COUNTERS: tuple[str, ...] = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
+                                 "train_epoch_iterations", "total_iterations")
+
+    train_iterations: int
+    train_exp_counter: int
+    train_exp_epochs: int
+    train_exp_iterations: int
+    train_epoch_iterations: int
+    total_iterations: int
+
     def __init__(self) -> None:
-        self.train_iterations = 0
-        self.train_exp_counter = 0
-        self.train_exp_epochs = 0
-        self.train_exp_iterations = 0
-        self.train_epoch_iterations = 0
-        self.total_iterations = 0
+        for name in self.COUNTERS:
+            setattr(self, name, 0)
 
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         self.train_exp_iterations = 0
@@ -54,11 +61,4 @@ class Clock(SupervisedPlugin, supports_distributed=True):
 
     def as_dict(self) -> dict[str, int]:
         """The six counters by name."""
-        return {
-            "train_iterations": self.train_iterations,
-            "train_exp_counter": self.train_exp_counter,
-            "train_exp_epochs": self.train_exp_epochs,
-            "train_exp_iterations": self.train_exp_iterations,
-            "train_epoch_iterations": self.train_epoch_iterations,
-            "total_iterations": self.total_iterations,
-        }
+        return {name: getattr(self, name) for name in self.COUNTERS}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._checks import check_choice, check_int
 from .plugins import SupervisedPlugin
 
 PEVAL_MODES = ("epoch", "iteration")
@@ -20,10 +21,8 @@ class PeriodicEval(SupervisedPlugin, supports_distributed=True):
     """
 
     def __init__(self, eval_every: int = -1, peval_mode: str = "epoch", do_initial: bool = True) -> None:
-        if peval_mode not in PEVAL_MODES:
-            raise ValueError(f"peval_mode must be one of {PEVAL_MODES}, got {peval_mode!r}")
-        if not isinstance(eval_every, int) or eval_every < -1:
-            raise ValueError(f"eval_every must be an int >= -1, got {eval_every!r}")
+        check_choice("peval_mode", peval_mode, PEVAL_MODES)
+        check_int("eval_every", eval_every, low=-1, type_error=ValueError)  # the template's rule
         self.eval_every = eval_every
         self.peval_mode = peval_mode
         self.do_initial = do_initial and eval_every > -1

@@ -9,42 +9,61 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The 8 hooks of the outer loops (Avalanche's ``BasePlugin``), in the order they first fire.
-BASE_HOOKS: tuple[str, ...] = (
-    "before_training",
-    "before_training_exp",
-    "after_training_exp",
-    "after_training",
-    "before_eval",
-    "before_eval_exp",
-    "after_eval_exp",
-    "after_eval",
-)
+#: The 8 hooks of the outer loops (Avalanche's ``BasePlugin``), in the order they first fire, each with when it fires:
+#: the one list of these hooks (the no-op methods of :class:`BasePlugin` are made from it).
+_BASE_HOOK_DOCS: dict[str, str] = {
+    "before_training": "Start of ``train()``, before the first experience.",
+    "before_training_exp": "After dataset adaptation, dataloader creation and model/optimizer adaptation of an "
+                           "experience.",
+    "after_training_exp": "After the last epoch of an experience.",
+    "after_training": "End of ``train()``.",
+    "before_eval": "Start of ``eval()``.",
+    "before_eval_exp": "After the eval dataloader and model adaptation of an experience.",
+    "after_eval_exp": "After the last eval minibatch of an experience.",
+    "after_eval": "End of ``eval()``.",
+}
 
-#: The 18 hooks added by the SGD loops (Avalanche's ``BaseSGDPlugin``).
-SGD_HOOKS: tuple[str, ...] = (
-    "before_train_dataset_adaptation",
-    "after_train_dataset_adaptation",
-    "before_training_epoch",
-    "after_training_epoch",
-    "before_training_iteration",
-    "after_training_iteration",
-    "before_forward",
-    "after_forward",
-    "before_backward",
-    "after_backward",
-    "before_update",
-    "after_update",
-    "before_eval_dataset_adaptation",
-    "after_eval_dataset_adaptation",
-    "before_eval_iteration",
-    "before_eval_forward",
-    "after_eval_forward",
-    "after_eval_iteration",
-)
+#: The 18 hooks added by the SGD loops (Avalanche's ``BaseSGDPlugin``), each with when it fires.
+_SGD_HOOK_DOCS: dict[str, str] = {
+    "before_train_dataset_adaptation": "Before ``strategy.adapted_dataset`` is built for a training experience.",
+    "after_train_dataset_adaptation": "After ``strategy.adapted_dataset`` is built; it may be replaced here.",
+    "before_training_epoch": "Start of an epoch.",
+    "after_training_epoch": "End of an epoch.",
+    "before_training_iteration": "A minibatch is unpacked (``strategy.mbatch`` on the device), before ``zero_grad``.",
+    "after_training_iteration": "After the optimizer step of a minibatch.",
+    "before_forward": "Before the training forward pass.",
+    "after_forward": "``strategy.mb_output`` holds the training forward output.",
+    "before_backward": "``strategy.loss`` holds the criterion; regularisers add their penalty here.",
+    "after_backward": "Gradients are in ``.grad``.",
+    "before_update": "Before ``optimizer.step()``.",
+    "after_update": "After ``optimizer.step()``.",
+    "before_eval_dataset_adaptation": "Before ``strategy.adapted_dataset`` is built for an eval experience.",
+    "after_eval_dataset_adaptation": "After ``strategy.adapted_dataset`` is built for an eval experience.",
+    "before_eval_iteration": "An eval minibatch is unpacked.",
+    "before_eval_forward": "Before the eval forward pass.",
+    "after_eval_forward": "``strategy.mb_output`` holds the eval forward output.",
+    "after_eval_iteration": "``strategy.loss`` holds the eval criterion of the minibatch.",
+}
+
+#: The 8 hooks of the outer loops, in the order they first fire.
+BASE_HOOKS: tuple[str, ...] = tuple(_BASE_HOOK_DOCS)
+
+#: The 18 hooks added by the SGD loops.
+SGD_HOOKS: tuple[str, ...] = tuple(_SGD_HOOK_DOCS)
 
 #: All 26 hooks of a supervised plugin.
 SUPERVISED_HOOKS: tuple[str, ...] = BASE_HOOKS + SGD_HOOKS
+
+
+def _add_no_op_hooks(cls: type, docs: dict[str, str]) -> type:
+    """Gives ``cls`` one method per hook of ``docs``, ``hook(self, strategy, **kwargs)``, that does nothing."""
+    for name, doc in docs.items():
+        def hook(self: Any, strategy: Any, **kwargs: Any) -> None:
+            return None
+
+        hook.__name__, hook.__qualname__, hook.__doc__ = name, f"{cls.__qualname__}.{name}", doc
+        setattr(cls, name, hook)
+    return cls
 
 
 class BasePlugin:
@@ -60,91 +79,17 @@ class BasePlugin:
         super().__init_subclass__(**kwargs)
         cls.supports_distributed = supports_distributed
 
-    def before_training(self, strategy: Any, **kwargs: Any) -> None:
-        """Start of ``train()``, before the first experience."""
-
-    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """After dataset adaptation, dataloader creation and model/optimizer adaptation of an experience."""
-
-    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """After the last epoch of an experience."""
-
-    def after_training(self, strategy: Any, **kwargs: Any) -> None:
-        """End of ``train()``."""
-
-    def before_eval(self, strategy: Any, **kwargs: Any) -> None:
-        """Start of ``eval()``."""
-
-    def before_eval_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """After the eval dataloader and model adaptation of an experience."""
-
-    def after_eval_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """After the last eval minibatch of an experience."""
-
-    def after_eval(self, strategy: Any, **kwargs: Any) -> None:
-        """End of ``eval()``."""
-
 
 class BaseSGDPlugin(BasePlugin):
     """Adds the hooks of the epoch/minibatch loops and of dataset adaptation, all no-ops."""
 
-    def before_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
-        """Before ``strategy.adapted_dataset`` is built for a training experience."""
-
-    def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
-        """After ``strategy.adapted_dataset`` is built; it may be replaced here."""
-
-    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
-        """Start of an epoch."""
-
-    def after_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
-        """End of an epoch."""
-
-    def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        """A minibatch is unpacked (``strategy.mbatch`` on the device), before ``zero_grad``."""
-
-    def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        """After the optimizer step of a minibatch."""
-
-    def before_forward(self, strategy: Any, **kwargs: Any) -> None:
-        """Before the training forward pass."""
-
-    def after_forward(self, strategy: Any, **kwargs: Any) -> None:
-        """``strategy.mb_output`` holds the training forward output."""
-
-    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
-        """``strategy.loss`` holds the criterion; regularisers add their penalty here."""
-
-    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
-        """Gradients are in ``.grad``."""
-
-    def before_update(self, strategy: Any, **kwargs: Any) -> None:
-        """Before ``optimizer.step()``."""
-
-    def after_update(self, strategy: Any, **kwargs: Any) -> None:
-        """After ``optimizer.step()``."""
-
-    def before_eval_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
-        """Before ``strategy.adapted_dataset`` is built for an eval experience."""
-
-    def after_eval_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
-        """After ``strategy.adapted_dataset`` is built for an eval experience."""
-
-    def before_eval_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        """An eval minibatch is unpacked."""
-
-    def before_eval_forward(self, strategy: Any, **kwargs: Any) -> None:
-        """Before the eval forward pass."""
-
-    def after_eval_forward(self, strategy: Any, **kwargs: Any) -> None:
-        """``strategy.mb_output`` holds the eval forward output."""
-
-    def after_eval_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        """``strategy.loss`` holds the eval criterion of the minibatch."""
-
 
 class SupervisedPlugin(BaseSGDPlugin):
     """The base class of clfast's plugins: all 26 hooks of Avalanche's ``SupervisedPlugin``, each a no-op."""
+
+
+_add_no_op_hooks(BasePlugin, _BASE_HOOK_DOCS)
+_add_no_op_hooks(BaseSGDPlugin, _SGD_HOOK_DOCS)
 
 
 def unknown_hook_names(plugin: object) -> list[str]:

@@ -1,188 +1,27 @@
-"""Training/eval templates with Avalanche's hook order (``docs/avalanche-semantics.md`` §1).
-
-``BaseTemplate`` holds the outer loops (train over experiences, eval over experiences) and plugin dispatch;
-``SupervisedTemplate`` adds the SGD loops: dataset adaptation, dataloaders, model/optimizer adaptation,
-epochs, minibatches, forward/criterion/backward/update. See ``docs/plugin-api.md`` for the contract.
+"""``SupervisedTemplate``: Avalanche's SGD loops (``docs/avalanche-semantics.md`` §1) on top of
+:class:`clfast.training.base.BaseTemplate` (outer loops, plugin dispatch): dataset adaptation, dataloaders,
+model/optimizer adaptation, epochs, minibatches, forward/criterion/backward/update, as overridable steps.
+See ``docs/plugin-api.md`` for the contract.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from torch.utils.data.dataloader import default_collate
 
-from .. import distributed as dist
+from .._checks import check_choice, check_int
 from ..evaluation import EvaluationPlugin, default_evaluator
+from .base import BaseTemplate
 from .clock import Clock
 from .periodic_eval import PEVAL_MODES, PeriodicEval
-from .plugins import SUPERVISED_HOOKS, BasePlugin, SupervisedPlugin, unknown_hook_names
-from .utils import (
-    as_experience_list,
-    group_by_stream,
-    module_modes,
-    stream_name,
-    task_aware_forward,
-    to_device,
-)
+from .plugins import SUPERVISED_HOOKS, BasePlugin, SupervisedPlugin
+from .utils import make_loader, stream_name, task_aware_forward, to_device
 
-ExpList = Any  # one experience or an iterable of experiences
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-class BaseTemplate:
-    """Outer loops and plugin dispatch.
-
-    Args:
-        model: the model; it is moved to ``device`` at every ``train()``.
-        device: a ``torch.device`` or a string; ``None`` means CPU.
-        plugins: plugin objects (any object with some hook methods), called in list order.
-    """
-
-    PLUGIN_CLASS: type = BasePlugin
-
-    def __init__(self, model: nn.Module, *, device: str | torch.device | None = None,
-                 plugins: Sequence[Any] | None = None) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model: nn.Module = model
-        self.device: torch.device = torch.device("cpu" if device is None else device)
-        self.plugins: list[Any] = [] if plugins is None else list(plugins)
-        for p in self.plugins:
-            odd = unknown_hook_names(p)
-            if odd:
-                warnings.warn(f"plugin {type(p).__name__} defines {odd}, which are not hooks of "
-                              f"{type(self).__name__}; they will never be called", stacklevel=3)
-        self.experience: Any = None
-        self.is_training: bool = False
-        self.current_eval_stream: list[Any] | None = None
-        self._eval_streams: list[list[Any]] = []
-        self._distributed_checked = False
-
-    @property
-    def is_eval(self) -> bool:
-        """True while evaluating."""
-        return not self.is_training
-
-    # ---------------------------------------------------------------- dispatch
-    def _trigger(self, hook: str, **kwargs: Any) -> None:
-        for p in self.plugins:
-            fn = getattr(p, hook, None)
-            if fn is not None:
-                fn(self, **kwargs)
-
-    def _check_distributed(self) -> None:
-        if self._distributed_checked:
-            return
-        self._distributed_checked = True
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            bad = [type(p).__name__ for p in self.plugins if not getattr(p, "supports_distributed", False)]
-            if not getattr(self, "supports_distributed", True):  # a strategy may opt out with a False attribute
-                bad.insert(0, type(self).__name__)
-            if bad:
-                warnings.warn(f"strategy or plugins without distributed support: {bad}", stacklevel=3)
-
-    # ---------------------------------------------------------------- train
-    def train(self, experiences: ExpList, eval_streams: Iterable[Any] | None = None, **kwargs: Any) -> dict:
-        """Trains on one experience or a sequence of them; ``kwargs`` reach every hook.
-
-        ``eval_streams`` (experiences or streams) is what periodic eval evaluates; by default the
-        training experiences themselves. Returns the evaluator's last metrics.
-        """
-        self._check_distributed()
-        self.is_training = True
-        self._stop_training = False
-        self.model.train()
-        self.model.to(self.device)
-        exp_list = as_experience_list(experiences)
-        self._eval_streams = group_by_stream([exp_list] if eval_streams is None else eval_streams)
-
-        self._before_training(**kwargs)
-        for exp in exp_list:
-            self.experience = exp
-            self._before_training_exp(**kwargs)
-            self._train_exp(**kwargs)
-            self._after_training_exp(**kwargs)
-        self._after_training(**kwargs)
-        self._cleanup_after_training()
-        return self._last_metrics()
-
-    def _before_training(self, **kwargs: Any) -> None:
-        self._trigger("before_training", **kwargs)
-
-    def _before_training_exp(self, **kwargs: Any) -> None:
-        self._trigger("before_training_exp", **kwargs)
-
-    def _train_exp(self, **kwargs: Any) -> None:
-        raise NotImplementedError
-
-    def _after_training_exp(self, **kwargs: Any) -> None:
-        self._trigger("after_training_exp", **kwargs)
-
-    def _after_training(self, **kwargs: Any) -> None:
-        self._trigger("after_training", **kwargs)
-
-    def _cleanup_after_training(self) -> None:
-        self.experience = None
-
-    # ---------------------------------------------------------------- eval
-    def eval(self, exp_list: ExpList, **kwargs: Any) -> dict:
-        """Evaluates one experience or a sequence of them, under ``torch.no_grad``.
-
-        May be called during training (periodic eval): the experience, ``is_training``, every module's
-        own ``training`` flag and the training dataset/dataloader are restored on return.
-        """
-        self._check_distributed()
-        saved = self._save_train_state()
-        try:
-            with torch.no_grad(), module_modes(self.model):
-                self.is_training = False
-                self.model.eval()
-                self.current_eval_stream = as_experience_list(exp_list)
-                self._before_eval(**kwargs)
-                for exp in self.current_eval_stream:
-                    self.experience = exp
-                    self._before_eval_exp(**kwargs)
-                    self._eval_exp(**kwargs)
-                    self._after_eval_exp(**kwargs)
-                self._after_eval(**kwargs)
-        finally:
-            self._load_train_state(saved)
-        return self._last_metrics()
-
-    def _save_train_state(self) -> dict[str, Any]:
-        return {"experience": self.experience, "is_training": self.is_training}
-
-    def _load_train_state(self, state: dict[str, Any]) -> None:
-        self.experience = state["experience"]
-        self.is_training = state["is_training"]
-
-    def _before_eval(self, **kwargs: Any) -> None:
-        self._trigger("before_eval", **kwargs)
-
-    def _before_eval_exp(self, **kwargs: Any) -> None:
-        self._trigger("before_eval_exp", **kwargs)
-
-    def _eval_exp(self, **kwargs: Any) -> None:
-        raise NotImplementedError
-
-    def _after_eval_exp(self, **kwargs: Any) -> None:
-        self._trigger("after_eval_exp", **kwargs)
-
-    def _after_eval(self, **kwargs: Any) -> None:
-        self._trigger("after_eval", **kwargs)
-
-    def _last_metrics(self) -> dict:
-        return {}
+__all__ = ["BaseTemplate", "SupervisedTemplate"]
 
 
 class SupervisedTemplate(BaseTemplate):
@@ -203,6 +42,22 @@ class SupervisedTemplate(BaseTemplate):
         eval_every: -1 no periodic eval; 0 at the start of ``train()`` and the end of every experience;
             k > 0 also every k epochs (or iterations, see ``peval_mode``).
         peval_mode: ``"epoch"`` or ``"iteration"``.
+
+    Training is a sequence of steps, each a method a strategy may override without re-spelling the hook
+    order; the hooks (in brackets) fire between them. Per experience: ``train_dataset_adaptation()``
+    [before/after_train_dataset_adaptation], ``make_train_dataloader()``, ``check_model_and_optimizer()``
+    (``model_adaptation()``, ``make_optimizer()``) [before_training_exp]; per epoch ``_train_exp()`` runs
+    [before_training_epoch] ``training_epoch()`` [after_training_epoch]; ``training_epoch()`` calls
+    ``training_iteration(mbatch)`` on each minibatch, which runs:
+
+    1. ``_unpack_minibatch()``: ``mbatch`` to the device. [before_training_iteration]
+    2. ``reset_grad_and_loss()``: ``optimizer.zero_grad()``, ``loss = zeros(1)``.
+    3. ``_before_forward_step()``: hook-free, nothing here (AR1 appends the replayed labels). [before_forward]
+    4. ``mb_output = forward()``.
+    5. ``_after_forward_step()``: hook-free, nothing here (AR1 stages the current latents). [after_forward]
+    6. ``loss += criterion()``. [before_backward]
+    7. ``backward()`` (AR1 then averages the gradients over the ranks). [after_backward] [before_update]
+    8. ``optimizer_step()``. [after_update] [after_training_iteration]
     """
 
     PLUGIN_CLASS = SupervisedPlugin
@@ -213,14 +68,13 @@ class SupervisedTemplate(BaseTemplate):
                  device: str | torch.device | None = None, plugins: Sequence[Any] | None = None,
                  evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] | None = default_evaluator,
                  eval_every: int = -1, peval_mode: str = "epoch") -> None:
-        self.train_mb_size = _check_positive_int("train_mb_size", train_mb_size)
-        self.train_epochs = _check_positive_int("train_epochs", train_epochs)
-        self.eval_mb_size = train_mb_size if eval_mb_size is None else _check_positive_int("eval_mb_size",
-                                                                                            eval_mb_size)
-        if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < -1:
-            raise ValueError(f"eval_every must be an int >= -1, got {eval_every!r}")
-        if peval_mode not in PEVAL_MODES:
-            raise ValueError(f"peval_mode must be one of {PEVAL_MODES}, got {peval_mode!r}")
+        # A size or count of the wrong type is a ValueError here, as it has always been for the templates.
+        self.train_mb_size = check_int("train_mb_size", train_mb_size, low=1, type_error=ValueError)
+        self.train_epochs = check_int("train_epochs", train_epochs, low=1, type_error=ValueError)
+        self.eval_mb_size = train_mb_size if eval_mb_size is None else check_int("eval_mb_size", eval_mb_size,
+                                                                                 low=1, type_error=ValueError)
+        check_int("eval_every", eval_every, low=-1, type_error=ValueError)
+        check_choice("peval_mode", peval_mode, PEVAL_MODES)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if criterion is None:
@@ -308,27 +162,21 @@ class SupervisedTemplate(BaseTemplate):
         ``sampler_seed + clock.train_exp_counter`` (the epoch is set before every epoch), ``train_mb_size``
         samples per rank and batch.
         """
-        self.dataloader = self._make_loader(self.adapted_dataset, self.train_mb_size, shuffle, num_workers,
-                                            pin_memory, persistent_workers, drop_last, "training",
-                                            seed=self.sampler_seed + self.clock.train_exp_counter)
+        self.dataloader = self._make_loader("training", self.train_mb_size, shuffle=shuffle, num_workers=num_workers,
+                                            pin_memory=pin_memory, persistent_workers=persistent_workers,
+                                            drop_last=drop_last, seed=self.sampler_seed + self.clock.train_exp_counter)
 
-    def _make_loader(self, dataset: Any, batch_size: int, shuffle: bool, num_workers: int,
-                     pin_memory: bool | None, persistent_workers: bool, drop_last: bool, what: str,
-                     seed: int = 0) -> DataLoader:
-        if len(dataset) == 0:
-            raise ValueError(f"{what} experience {getattr(self.experience, 'current_experience', '?')} of stream "
-                             f"'{stream_name(self.experience)}' is empty")
-        if pin_memory is None:
-            pin_memory = self.device.type == "cuda"
-        if dist.is_distributed():  # this rank's shard (docs/distributed.md)
-            sampler = dist.distributed_sampler(dataset, shuffle=shuffle, seed=seed)
-            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                              pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
-                              drop_last=drop_last,
-                              collate_fn=getattr(dataset, "collate_fn", None) or default_collate)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                          pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
-                          drop_last=drop_last, collate_fn=getattr(dataset, "collate_fn", None) or default_collate)
+    def _make_loader(self, what: str, batch_size: int, *, shuffle: bool, num_workers: int, pin_memory: bool | None,
+                     persistent_workers: bool, drop_last: bool, seed: int = 0,
+                     generator: torch.Generator | None = None) -> DataLoader:
+        """:func:`clfast.training.utils.make_loader` of ``adapted_dataset`` (pinned by default on CUDA); an empty
+        dataset is a ``ValueError`` naming the ``what`` ("training"/"eval") experience and its stream."""
+        exp = self.experience
+        return make_loader(self.adapted_dataset, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers,
+                           pin_memory=self.device.type == "cuda" if pin_memory is None else pin_memory,
+                           persistent_workers=persistent_workers, drop_last=drop_last, generator=generator,
+                           empty_name=f"{what} experience {getattr(exp, 'current_experience', '?')} of stream "
+                                      f"'{stream_name(exp)}'")
 
     def check_model_and_optimizer(self) -> None:
         """Model adaptation then optimizer update, at the start of every training experience."""
@@ -371,29 +219,47 @@ class SupervisedTemplate(BaseTemplate):
             self._trigger("after_training_epoch", **kwargs)
 
     def training_epoch(self, **kwargs: Any) -> None:
-        """One pass over ``dataloader`` with the per-iteration hooks."""
+        """One pass over ``dataloader``: :meth:`training_iteration` on each minibatch, until ``stop_training()``."""
         for mbatch in self.dataloader:
             if self._stop_training:
                 break
-            self.mbatch = mbatch
-            self._unpack_minibatch()
-            self._trigger("before_training_iteration", **kwargs)
-            self.optimizer.zero_grad()
-            self.loss = self._make_empty_loss()
-            self._trigger("before_forward", **kwargs)
-            self.mb_output = self.forward()
-            self._trigger("after_forward", **kwargs)
-            self.loss += self.criterion()
-            self._trigger("before_backward", **kwargs)
-            self.backward()
-            self._trigger("after_backward", **kwargs)
-            self._trigger("before_update", **kwargs)
-            self.optimizer_step()
-            self._trigger("after_update", **kwargs)
-            self._trigger("after_training_iteration", **kwargs)
+            self.training_iteration(mbatch, **kwargs)
+
+    def training_iteration(self, mbatch: Any, **kwargs: Any) -> None:
+        """One SGD step on ``mbatch``: the steps and hooks listed in the class docstring, in that order."""
+        self.mbatch = mbatch
+        self._unpack_minibatch()
+        self._trigger("before_training_iteration", **kwargs)
+        self.reset_grad_and_loss()
+        self._before_forward_step()
+        self._trigger("before_forward", **kwargs)
+        self.mb_output = self.forward()
+        self._after_forward_step()
+        self._trigger("after_forward", **kwargs)
+        self.loss += self.criterion()
+        self._trigger("before_backward", **kwargs)
+        self.backward()
+        self._trigger("after_backward", **kwargs)
+        self._trigger("before_update", **kwargs)
+        self.optimizer_step()
+        self._trigger("after_update", **kwargs)
+        self._trigger("after_training_iteration", **kwargs)
 
     def _unpack_minibatch(self) -> None:
         self.mbatch = [to_device(v, self.device) for v in self.mbatch]
+
+    def reset_grad_and_loss(self) -> None:
+        """``optimizer.zero_grad()``, and ``loss`` back to ``zeros(1)`` (the criterion and penalties add to it)."""
+        self.optimizer.zero_grad()
+        self.loss = self._make_empty_loss()
+
+    def _before_forward_step(self) -> None:
+        """Hook-free step before ``before_forward``: where a strategy changes the minibatch (AR1 appends the
+        replayed labels). Nothing in the template."""
+
+    def _after_forward_step(self) -> None:
+        """Hook-free step between ``forward()`` and ``after_forward``: where a strategy uses the forward's side
+        results (AR1 stages the current latents). Nothing in the template."""
 
     def forward(self) -> Any:
         """The model's output on ``mb_x`` (with ``mb_task_id`` for a task-aware model)."""
@@ -447,8 +313,9 @@ class SupervisedTemplate(BaseTemplate):
     def make_eval_dataloader(self, num_workers: int = 0, pin_memory: bool | None = None,
                              persistent_workers: bool = False, **kwargs: Any) -> None:
         """An unshuffled ``DataLoader`` of ``adapted_dataset`` with ``eval_mb_size``."""
-        self.dataloader = self._make_loader(self.adapted_dataset, self.eval_mb_size, False, num_workers,
-                                            pin_memory, persistent_workers, False, "eval")
+        self.dataloader = self._make_loader("eval", self.eval_mb_size, shuffle=False, num_workers=num_workers,
+                                            pin_memory=pin_memory, persistent_workers=persistent_workers,
+                                            drop_last=False)
 
     def _eval_exp(self, **kwargs: Any) -> None:
         for mbatch in self.dataloader:

@@ -97,12 +97,15 @@ def make_loader(dataset: Any, batch_size: int, *, shuffle: bool, seed: int = 0, 
     """
     if empty_name is not None and len(dataset) == 0:
         raise ValueError(f"{empty_name} is empty")
-    kwargs: dict[str, Any] = {"shuffle": shuffle, "generator": generator}
+    order: dict[str, Any] = {"shuffle": shuffle}
     if dist.is_distributed():  # this rank's shard (docs/distributed.md)
-        kwargs = {"sampler": dist.distributed_sampler(dataset, shuffle=shuffle, seed=seed)}
+        order = {"sampler": dist.distributed_sampler(dataset, shuffle=shuffle, seed=seed)}
+    # ``generator`` is passed with a sampler too: every pass over the loader draws its workers' base seed from
+    # it, so a strategy that owns a generator (AR1) sees the same stream of draws in one process and in many.
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=persistent_workers and num_workers > 0, drop_last=drop_last,
-                      collate_fn=getattr(dataset, "collate_fn", None) or default_collate, **kwargs)
+                      generator=generator, collate_fn=getattr(dataset, "collate_fn", None) or default_collate,
+                      **order)
 
 
 def to_device(value: Any, device: torch.device) -> Any:

@@ -9,7 +9,7 @@ the semantics in ``docs/avalanche-semantics.md``:
 - §2 (MAS: §2.1 importance pass, §2.2 penalty, §2.3 shape changes / missing gradients / multi-head);
 - §3 (RWalk: §3.1 hooks, §3.2 math, §3.3 quirks);
 - §4.9 (Synaptic Intelligence) and §4.10 (``ParamData.expand``, ``get_layers_and_params``);
-- EWC has no section in the spec; ``AvalancheEWC`` follows Avalanche's ``training/plugins/ewc.py`` at HEAD
+- §9 (EWC); ``AvalancheEWC`` follows Avalanche's ``training/plugins/ewc.py`` at HEAD
   ``eb075be3`` (its behaviour is summarised in the class docstring).
 
 They use only the strategy attributes of ``docs/plugin-api.md`` §4, so they run in ``clfast.strategies.Naive``

@@ -22,7 +22,7 @@ from ._common import (
 
 
 class AvalancheEWC(_Hooks):
-    """Avalanche's ``EWCPlugin`` (``training/plugins/ewc.py``; not covered by the spec).
+    """Avalanche's ``EWCPlugin`` (``training/plugins/ewc.py``; spec §9).
 
     State: ``importances`` and ``saved_params``, each ``defaultdict(dict)``: experience id → name → tensor.
 

@@ -1,0 +1,196 @@
+// Per-element math of every clfast state op, written once and used by both the
+// CPU kernels (cpu.cpp) and the CUDA kernels (cuda.cu).
+//
+// Template parameters (common/host_device.h): T the model tensors' element type (parameters,
+// gradients), P the flat state buffers' (float or double), A the arithmetic type opmath_t<T, P>.
+//
+// Each functor is called as f(ptrs, k) on element k of one contiguous piece,
+// where ptrs.l[*] point at the model tensors of that piece and ptrs.f[*] at the
+// matching slice of the flat state buffers. Functors that reduce return a A
+// partial; the others return A(0) and the drivers ignore it.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "common/host_device.h"
+
+namespace clfast {
+
+// Pointers of one contiguous piece: up to two model-tensor lists and four flat buffers.
+template <typename T, typename P>
+struct Ptrs {
+  T* l[2];
+  P* f[4];
+};
+
+template <typename A>
+CLFAST_HD A relu(A x) {
+  return x > A(0) ? x : A(0);
+}
+
+// ---- quadratic penalty  value = lambda * sum Omega (theta - theta*)^2 -----------------
+// l[0] = theta, f[0] = Omega (importance), f[1] = theta* (anchor).
+// Returns Omega (theta - theta*)^2; the driver multiplies the sum by lambda.
+template <typename T, typename P>
+struct QuadPenaltyValue {
+  using A = opmath_t<T, P>;
+  static constexpr bool kReduces = true;
+  CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    const A d = static_cast<A>(p.l[0][k]) - static_cast<A>(p.f[1][k]);
+    return static_cast<A>(p.f[0][k]) * d * d;
+  }
+};
+
+// ---- gradient of the penalty: d/dtheta = 2 lambda Omega (theta - theta*) ----------------
+// l[0] = theta, l[1] = output gradient (written), f[0] = Omega, f[1] = theta*.
+// coef = 2 * lambda; upstream points at the 0-dim upstream gradient (read on the device,
+// so the backward needs no host sync).
+template <typename T, typename P>
+struct QuadPenaltyGradWrite {
+  using A = opmath_t<T, P>;
+  static constexpr bool kReduces = false;
+  A coef;
+  const P* upstream;
+  CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    const A d = static_cast<A>(p.l[0][k]) - static_cast<A>(p.f[1][k]);
+    p.l[1][k] = static_cast<T>(coef * static_cast<A>(upstream[0]) * static_cast<A>(p.f[0][k]) * d);
+    return A(0);
+  }
+};
+
+// Fused value + gradient into .grad: returns Omega (theta - theta*)^2 for the value and writes
+// g = 2 lambda Omega (theta - theta*) into grad as selected by `mode`.
+// l[0] = theta, l[1] = grad, f[0] = Omega, f[1] = theta*.
+enum class QuadPenaltyGradMode : uint8_t { kAccumulate = 0, kOverwrite = 1, kValueOnly = 2 };
+
+template <typename T, typename P>
+struct QuadPenaltyGradAccumulate {
+  using A = opmath_t<T, P>;
+  static constexpr bool kReduces = true;
+  A coef;  // 2 * lambda
+  QuadPenaltyGradMode mode;
+  CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    const A d = static_cast<A>(p.l[0][k]) - static_cast<A>(p.f[1][k]);
+    const A w = static_cast<A>(p.f[0][k]);
+    if (mode == QuadPenaltyGradMode::kAccumulate) {
+      p.l[1][k] = static_cast<T>(static_cast<A>(p.l[1][k]) + coef * w * d);
+    } else if (mode == QuadPenaltyGradMode::kOverwrite) {
+      p.l[1][k] = static_cast<T>(coef * w * d);
+    }
+    return w * d * d;
+  }
+};
+
+// ---- MAS importance: Omega += scale * |g| ---------------------------------------------------
+// l[0] = theta (unused), l[1] = grad, f[0] = Omega (updated).
+template <typename T, typename P>
+struct MasImportanceUpdate {
+  using A = opmath_t<T, P>;
+  static constexpr bool kReduces = false;
+  A scale;
+  CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    const A g = static_cast<A>(p.l[1][k]);
+    p.f[0][k] = static_cast<P>(static_cast<A>(p.f[0][k]) + scale * (g < A(0) ? -g : g));
+    return A(0);
+  }
+};
+
+// ---- EWC++ / RWalk Fisher: F = alpha g^2 + (1 - alpha) F -------------------------------------
+// l[0] = theta (unused), l[1] = grad, f[0] = F (updated).
+template <typename T, typename P>
+struct EmaSqUpdate {
+  using A = opmath_t<T, P>;
+  static constexpr bool kReduces = false;
+  A alpha;
+  CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    const A g = static_cast<A>(p.l[1][k]);
+    p.f[0][k] = static_cast<P>(alpha * g * g + (A(1) - alpha) * static_cast<A>(p.f[0][k]));
+    return A(0);
+  }
+};
+
+// ---- path integral (SI omega, RWalk checkpoint loss): acc -= g (theta - theta_prev); theta_prev = theta
+// SI: omega += -g (theta_new - theta_old);  RWalk: L -= g (theta_{t+1} - theta_t). Same formula.
+// l[0] = theta, l[1] = grad (may be absent: has_grad == false), f[0] = acc, f[1] = theta_prev.
+template <typename T, typename P>
+struct PathIntegralUpdate {
+  using A = opmath_t<T, P>;
+  static constexpr bool kReduces = false;
+  bool has_grad;
+  CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    const A theta = static_cast<A>(p.l[0][k]);
+    if (has_grad) {
+      const A g = static_cast<A>(p.l[1][k]);
+      p.f[0][k] = static_cast<P>(static_cast<A>(p.f[0][k]) - g * (theta - static_cast<A>(p.f[1][k])));
+    }
+    p.f[1][k] = static_cast<P>(theta);
+    return A(0);
+  }
+};
+
+// ---- RWalk score (every delta_t iterations) --------------------------------------------------
+// s += L / (1/2 F (theta - theta_ckpt)^2 + eps); then the window restarts: L = 0, theta_ckpt = theta.
+// l[0] = theta, f[0] = s, f[1] = L, f[2] = theta_ckpt, f[3] = F.
+template <typename T, typename P>
+struct RWalkScoreUpdate {
+  using A = opmath_t<T, P>;
+  static constexpr bool kReduces = false;
+  A eps;
+  CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    const A theta = static_cast<A>(p.l[0][k]);
+    const A d = theta - static_cast<A>(p.f[2][k]);
+    const A denom = A(0.5) * static_cast<A>(p.f[3][k]) * d * d + eps;
+    p.f[0][k] = static_cast<P>(static_cast<A>(p.f[0][k]) + static_cast<A>(p.f[1][k]) / denom);
+    p.f[1][k] = P(0);
+    p.f[2][k] = static_cast<P>(theta);
+    return A(0);
+  }
+};
+
+// ---- SI consolidation (end of experience) ---------------------------------------------------
+// Avalanche keeps traj = sum g (theta_new - theta_old) = -omega, and does
+//   cum += c * traj / ((theta - theta*)^2 + eps);   Omega = min(-cum, clip);   theta* = theta.
+// We also restart omega = 0 for the next experience.
+// l[0] = theta, f[0] = cum, f[1] = Omega (written), f[2] = omega (read, then zeroed), f[3] = theta*.
+template <typename T, typename P>
+struct SIConsolidate {
+  using A = opmath_t<T, P>;
+  static constexpr bool kReduces = false;
+  A c;
+  A eps;
+  A clip;
+  CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    const A theta = static_cast<A>(p.l[0][k]);
+    const A d = theta - static_cast<A>(p.f[3][k]);
+    const A traj = -static_cast<A>(p.f[2][k]);
+    const A cum = static_cast<A>(p.f[0][k]) + c * traj / (d * d + eps);
+    p.f[0][k] = static_cast<P>(cum);
+    p.f[1][k] = static_cast<P>(-cum < clip ? -cum : clip);
+    p.f[2][k] = P(0);
+    p.f[3][k] = static_cast<P>(theta);
+    return A(0);
+  }
+};
+
+// ---- RWalk penalty weights: T = F / max F + relu(s) / max s --------------------------------
+// inv_max_f / inv_max_s are 0 when the corresponding maximum is <= 0, so a network whose
+// Fisher or scores are all zero gets weight 0 from that term instead of NaN (0/0).
+template <typename A>
+CLFAST_HD A rwalk_weight(A fisher, A score, A inv_max_f, A inv_max_s) {
+  return fisher * inv_max_f + relu(score) * inv_max_s;
+}
+
+template <typename A>
+CLFAST_HD A safe_inverse_of_max(A m) {
+  return m > A(0) ? A(1) / m : A(0);
+}
+
+template <typename A>
+CLFAST_HD bool is_finite_value(A x) {
+  // (x - x) is NaN for both NaN and +-inf, 0 otherwise; works for every floating type.
+  return (x - x) == (x - x);
+}
+
+}  // namespace clfast

@@ -1,0 +1,243 @@
+// The body of every clfast state op, written once and instantiated for each device by a
+// Runner (cpu.cpp: CpuRunner, cuda.cu: CudaRunner).
+//
+// A Runner provides:
+//   at::Tensor reduce(const ListFlatCall&, Make, double scale)  -> 0-dim tensor = scale * sum f
+//   void       apply(const ListFlatCall&, Make)                 -> runs f for its side effects
+//   at::Tensor max(const at::Tensor& flat)                       -> 0-dim max (NaN propagates)
+//   at::Tensor rwalk_weights(const at::Tensor& fisher, const at::Tensor& scores)
+//   at::Tensor nonfinite(at::TensorList tensors)                 -> bool[n]
+// where Make is a generic callable (Tag<T>, Tag<P>, uint8_t variant) -> functor.
+#pragma once
+
+#include <ATen/core/List.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <vector>
+
+#include "state_ops/elementwise.h"
+#include "state_ops/layout.h"
+
+namespace clfast {
+
+using OptTensorList = c10::List<std::optional<at::Tensor>>;
+
+inline void check_distinct(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> bufs) {
+  for (auto a = bufs.begin(); a != bufs.end(); ++a) {
+    for (auto b = a + 1; b != bufs.end(); ++b) {
+      if (a->second->numel() == 0) continue;
+      TORCH_CHECK(!a->second->is_same(*b->second) && a->second->data_ptr() != b->second->data_ptr(), op, ": ",
+                  a->first, " and ", b->first, " must be different buffers");
+    }
+  }
+}
+
+template <class R>
+at::Tensor quad_penalty_impl(at::TensorList params, const at::Tensor& importance, const at::Tensor& anchor,
+                             double lam) {
+  constexpr const char* op = "clfast::quad_penalty";
+  check_lambda(op, "lam", lam);
+  ListFlatCall call = make_call(op, params, importance, "importance");
+  check_state_buffer(anchor, op, "anchor", call.total, call.state_dtype, call.device);
+  call.flat = {importance.data_ptr(), anchor.data_ptr(), nullptr, nullptr};
+  return R::reduce(call, [](auto pt, auto st, uint8_t) {
+    return QuadPenaltyValue<typename decltype(pt)::type, typename decltype(st)::type>{};
+  }, lam);
+}
+
+template <class R>
+std::vector<at::Tensor> quad_penalty_backward_impl(const at::Tensor& grad_out, at::TensorList params,
+                                                   const at::Tensor& importance, const at::Tensor& anchor,
+                                                   double lam) {
+  constexpr const char* op = "clfast::quad_penalty_backward";
+  check_lambda(op, "lam", lam);
+  ListFlatCall call = make_call(op, params, importance, "importance");
+  check_state_buffer(anchor, op, "anchor", call.total, call.state_dtype, call.device);
+  TORCH_CHECK(grad_out.numel() == 1, op, ": grad_out must hold one element, got shape ", grad_out.sizes());
+  TORCH_CHECK(grad_out.device() == call.device, op, ": grad_out is on ", grad_out.device(), " but importance is on ",
+              call.device);
+  // The upstream gradient stays on the device: the kernels read it, no host sync.
+  const at::Tensor upstream = grad_out.reshape({1}).to(call.state_dtype).contiguous();
+  std::vector<at::Tensor> out;
+  out.reserve(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    out.push_back(at::empty_like(params[i], at::MemoryFormat::Contiguous));
+    call.list1[i] = out.back().numel() ? out.back().data_ptr() : nullptr;
+  }
+  call.flat = {importance.data_ptr(), anchor.data_ptr(), nullptr, nullptr};
+  const double coef = 2.0 * lam;
+  void* upstream_ptr = upstream.data_ptr();
+  R::apply(call, [coef, upstream_ptr](auto pt, auto st, uint8_t) {
+    using P = typename decltype(st)::type;
+    using F = QuadPenaltyGradWrite<typename decltype(pt)::type, P>;
+    return F{static_cast<typename F::A>(coef), static_cast<const P*>(upstream_ptr)};
+  });
+  return out;
+}
+
+template <class R>
+at::Tensor quad_penalty_grad_impl(at::TensorList grads, at::TensorList params, const at::Tensor& importance,
+                                  const at::Tensor& anchor, double lam, at::IntArrayRef mode) {
+  constexpr const char* op = "clfast::quad_penalty_grad_";
+  check_lambda(op, "lam", lam);
+  ListFlatCall call = make_call(op, params, importance, "importance");
+  check_state_buffer(anchor, op, "anchor", call.total, call.state_dtype, call.device);
+  TORCH_CHECK(grads.size() == params.size(), op, ": got ", params.size(), " params but ", grads.size(), " grads");
+  TORCH_CHECK(mode.size() == params.size(), op, ": got ", params.size(), " params but ", mode.size(), " modes");
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(mode[i] >= 0 && mode[i] <= 2, op, ": mode[", i, "] must be 0 (accumulate), 1 (overwrite) or 2 (no ",
+                "gradient), got ", mode[i]);
+    call.variant[i] = static_cast<uint8_t>(mode[i]);
+    if (mode[i] == 2) continue;  // value only: grads[i] is a placeholder
+    TORCH_CHECK(grads[i].defined(), op, ": grads[", i, "] is undefined");
+    check_grad(op, "grads", i, params[i], grads[i]);
+    call.list1[i] = grads[i].numel() ? grads[i].data_ptr() : nullptr;
+  }
+  call.flat = {importance.data_ptr(), anchor.data_ptr(), nullptr, nullptr};
+  const double coef = 2.0 * lam;
+  return R::reduce(call, [coef](auto pt, auto st, uint8_t variant) {
+    using F = QuadPenaltyGradAccumulate<typename decltype(pt)::type, typename decltype(st)::type>;
+    return F{static_cast<typename F::A>(coef), static_cast<QuadPenaltyGradMode>(variant)};
+  }, lam);
+}
+
+template <class R>
+void mas_importance_update_impl(const at::Tensor& importance, at::TensorList params, const OptTensorList& grads,
+                                double scale) {
+  constexpr const char* op = "clfast::mas_importance_update_";
+  check_lambda(op, "scale", scale);
+  ListFlatCall call = make_call(op, params, importance, "importance");
+  add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
+  call.flat = {importance.data_ptr(), nullptr, nullptr, nullptr};
+  R::apply(call, [scale](auto pt, auto st, uint8_t) {
+    using F = MasImportanceUpdate<typename decltype(pt)::type, typename decltype(st)::type>;
+    return F{static_cast<typename F::A>(scale)};
+  });
+}
+
+template <class R>
+void ema_sq_update_impl(const at::Tensor& fisher, at::TensorList params, const OptTensorList& grads, double alpha) {
+  constexpr const char* op = "clfast::ema_sq_update_";
+  TORCH_CHECK(alpha >= 0.0 && alpha <= 1.0, op, ": alpha must be in [0, 1], got ", alpha);
+  ListFlatCall call = make_call(op, params, fisher, "fisher");
+  add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
+  call.flat = {fisher.data_ptr(), nullptr, nullptr, nullptr};
+  R::apply(call, [alpha](auto pt, auto st, uint8_t) {
+    using F = EmaSqUpdate<typename decltype(pt)::type, typename decltype(st)::type>;
+    return F{static_cast<typename F::A>(alpha)};
+  });
+}
+
+template <class R>
+void path_integral_update_impl(const at::Tensor& acc, const at::Tensor& prev_params, at::TensorList params,
+                               const OptTensorList& grads) {
+  constexpr const char* op = "clfast::path_integral_update_";
+  ListFlatCall call = make_call(op, params, acc, "acc");
+  check_state_buffer(prev_params, op, "prev_params", call.total, call.state_dtype, call.device);
+  check_distinct(op, {{"acc", &acc}, {"prev_params", &prev_params}});
+  add_grads(call, op, "grads", params, grads, /*skip_missing=*/false);
+  for (size_t i = 0; i < params.size(); ++i) call.variant[i] = call.list1[i] != nullptr ? 1 : 0;
+  call.flat = {acc.data_ptr(), prev_params.data_ptr(), nullptr, nullptr};
+  R::apply(call, [](auto pt, auto st, uint8_t variant) {
+    return PathIntegralUpdate<typename decltype(pt)::type, typename decltype(st)::type>{variant != 0};
+  });
+}
+
+template <class R>
+void rwalk_score_update_impl(const at::Tensor& scores, const at::Tensor& loss_acc, const at::Tensor& ckpt_params,
+                             const at::Tensor& fisher, at::TensorList params, double eps) {
+  constexpr const char* op = "clfast::rwalk_score_update_";
+  TORCH_CHECK(eps > 0.0 && std::isfinite(eps), op, ": eps must be positive and finite, got ", eps);
+  ListFlatCall call = make_call(op, params, scores, "scores");
+  check_state_buffer(loss_acc, op, "loss_acc", call.total, call.state_dtype, call.device);
+  check_state_buffer(ckpt_params, op, "ckpt_params", call.total, call.state_dtype, call.device);
+  check_state_buffer(fisher, op, "fisher", call.total, call.state_dtype, call.device);
+  check_distinct(op, {{"scores", &scores}, {"loss_acc", &loss_acc}, {"ckpt_params", &ckpt_params}, {"fisher", &fisher}});
+  call.flat = {scores.data_ptr(), loss_acc.data_ptr(), ckpt_params.data_ptr(), fisher.data_ptr()};
+  R::apply(call, [eps](auto pt, auto st, uint8_t) {
+    using F = RWalkScoreUpdate<typename decltype(pt)::type, typename decltype(st)::type>;
+    return F{static_cast<typename F::A>(eps)};
+  });
+}
+
+template <class R>
+void si_consolidate_impl(const at::Tensor& cum, const at::Tensor& importance, const at::Tensor& omega,
+                         const at::Tensor& anchor, at::TensorList params, double c, double eps, double clip) {
+  constexpr const char* op = "clfast::si_consolidate_";
+  check_lambda(op, "c", c);
+  TORCH_CHECK(eps > 0.0 && std::isfinite(eps), op, ": eps must be positive and finite, got ", eps);
+  TORCH_CHECK(!std::isnan(clip), op, ": clip must not be NaN");
+  ListFlatCall call = make_call(op, params, cum, "cum");
+  check_state_buffer(importance, op, "importance", call.total, call.state_dtype, call.device);
+  check_state_buffer(omega, op, "omega", call.total, call.state_dtype, call.device);
+  check_state_buffer(anchor, op, "anchor", call.total, call.state_dtype, call.device);
+  check_distinct(op, {{"cum", &cum}, {"importance", &importance}, {"omega", &omega}, {"anchor", &anchor}});
+  call.flat = {cum.data_ptr(), importance.data_ptr(), omega.data_ptr(), anchor.data_ptr()};
+  R::apply(call, [c, eps, clip](auto pt, auto st, uint8_t) {
+    using F = SIConsolidate<typename decltype(pt)::type, typename decltype(st)::type>;
+    using A = typename F::A;
+    return F{static_cast<A>(c), static_cast<A>(eps), static_cast<A>(clip)};
+  });
+}
+
+inline void check_flat(const char* op, const char* what, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), op, ": ", what, " is undefined");
+  check_state_buffer(t, op, what, t.numel(), t.scalar_type(), t.device());
+}
+
+template <class R>
+at::Tensor state_max_impl(const at::Tensor& state) {
+  constexpr const char* op = "clfast::state_max";
+  check_flat(op, "state", state);
+  TORCH_CHECK(state.numel() > 0, op, ": state is empty; the maximum of an empty state is undefined");
+  return R::max(state);
+}
+
+template <class R>
+at::Tensor rwalk_penalty_weights_impl(const at::Tensor& fisher, const at::Tensor& scores) {
+  constexpr const char* op = "clfast::rwalk_penalty_weights";
+  check_flat(op, "fisher", fisher);
+  check_state_buffer(scores, op, "scores", fisher.numel(), fisher.scalar_type(), fisher.device());
+  return R::rwalk_weights(fisher, scores);
+}
+
+template <class R>
+at::Tensor nonfinite_flags_impl(at::TensorList tensors) {
+  constexpr const char* op = "clfast::nonfinite_flags";
+  TORCH_CHECK(!tensors.empty(), op, ": tensors is empty");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK(t.defined(), op, ": tensors[", i, "] is undefined");
+    const auto s = t.scalar_type();
+    TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kBFloat16 || s == at::kHalf, op, ": tensors[", i,
+                "] must be float32, float64, bfloat16 or float16, got ", s);
+    TORCH_CHECK(t.device() == tensors[0].device(), op, ": tensors[", i, "] is on ", t.device(), " but tensors[0] is on ",
+                tensors[0].device());
+  }
+  std::vector<at::Tensor> dense;
+  dense.reserve(tensors.size());
+  for (const auto& t : tensors) dense.push_back(t.contiguous());
+  return R::nonfinite(dense);
+}
+
+}  // namespace clfast
+
+// Registers every state op for one device: the single list shared by cpu.cpp and cuda.cu.
+#define CLFAST_REGISTER_STATE_OPS(m, Runner)                                            \
+  do {                                                                                  \
+    (m).impl("quad_penalty", &::clfast::quad_penalty_impl<Runner>);                     \
+    (m).impl("quad_penalty_backward", &::clfast::quad_penalty_backward_impl<Runner>);   \
+    (m).impl("quad_penalty_grad_", &::clfast::quad_penalty_grad_impl<Runner>);          \
+    (m).impl("mas_importance_update_", &::clfast::mas_importance_update_impl<Runner>);  \
+    (m).impl("ema_sq_update_", &::clfast::ema_sq_update_impl<Runner>);                  \
+    (m).impl("path_integral_update_", &::clfast::path_integral_update_impl<Runner>);    \
+    (m).impl("rwalk_score_update_", &::clfast::rwalk_score_update_impl<Runner>);        \
+    (m).impl("si_consolidate_", &::clfast::si_consolidate_impl<Runner>);                \
+    (m).impl("state_max", &::clfast::state_max_impl<Runner>);                           \
+    (m).impl("rwalk_penalty_weights", &::clfast::rwalk_penalty_weights_impl<Runner>);   \
+    (m).impl("nonfinite_flags", &::clfast::nonfinite_flags_impl<Runner>);               \
+  } while (0)
