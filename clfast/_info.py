@@ -9,9 +9,18 @@ import torch
 from . import _C
 
 
-def _parse_build_info() -> dict[str, str]:
-    lines = _C.build_info().strip().splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line)
+def parse_build_info(text: str) -> dict[str, str]:
+    """The ``key=value`` lines of ``_C.build_info()`` as a dict (other lines are ignored)."""
+    return dict(line.split("=", 1) for line in text.strip().splitlines() if "=" in line)
+
+
+def parse_archs(value: str) -> list[str]:
+    """The compiled CUDA architectures from the build fact ``cuda_archs``: ``"8.0,9.0"`` -> ``["8.0", "9.0"]``.
+
+    CMake joins its list with commas (a ``;`` inside a compile definition would split it, see CMakeLists.txt);
+    an empty value means no CUDA.
+    """
+    return [arch.strip() for arch in value.split(",") if arch.strip()]
 
 
 def info() -> dict[str, Any]:
@@ -22,9 +31,9 @@ def info() -> dict[str, Any]:
     (the compiled CUDA architectures, empty without CUDA), ``cuda_available`` (a CUDA device is
     usable right now) and ``num_threads``.
     """
-    build = _parse_build_info()
+    build = parse_build_info(_C.build_info())
     with_cuda = build.get("cuda", "0") == "1"
-    archs = [a for a in build.get("cuda_archs", "").split(";") if a]
+    archs = parse_archs(build.get("cuda_archs", ""))
     return {
         "version": build.get("version", "unknown"),
         "torch": torch.__version__,

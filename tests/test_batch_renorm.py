@@ -351,15 +351,43 @@ def test_module_under_torch_compile_fullgraph_matches_eager():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_statistics_survive_a_large_mean(layout, device):
+@pytest.mark.parametrize("shape", [(16, 5, 20, 20), (16, 3, 64, 64)])  # the second: several CUDA slices
+def test_statistics_survive_a_large_mean(shape, layout, device):
     # mean 1e4, std 1e-2: raw float32 moments (E[x²] − E[x]²) would lose every digit of the variance.
     g = torch.Generator().manual_seed(9)
-    x64 = 1e4 + 1e-2 * torch.randn(16, 5, 20, 20, generator=g, dtype=torch.float64)
+    x64 = 1e4 + 1e-2 * torch.randn(*shape, generator=g, dtype=torch.float64)
     x = _layout(x64.float(), layout).to(device)
-    one = torch.ones(5, device=device)
+    one = torch.ones(shape[1], device=device)
     lim = torch.tensor(3.0, device=device)
     _, mean, std, _, _ = ops.batch_renorm_forward(x, one, one * 0, one * 0, one, lim, lim, 1e-12)
     xf = x.double().cpu()  # the float32 values the kernel saw, in float64
     ref_std = (xf.var((0, 2, 3), unbiased=False) + 1e-12).sqrt()
     torch.testing.assert_close(std.double().cpu(), ref_std, rtol=1e-4, atol=0)
     torch.testing.assert_close(mean.double().cpu(), xf.mean((0, 2, 3)), rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_a_nan_channel_has_nan_statistics_and_poisons_only_its_running_statistics(layout, device):
+    # Avalanche's eager formula gives a NaN std for a channel holding a NaN; so must every kernel, and the update
+    # must carry the NaN into that channel's running statistics instead of finite values.
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 4, 5, 3, generator=g)
+    x[2, 1, 3, 0] = float("nan")
+    x = _layout(x, layout).to(device)
+    w, b = torch.rand(4, generator=g) + 0.5, torch.randn(4, generator=g)
+    rm, rs = torch.randn(4, generator=g), torch.rand(4, generator=g) + 0.5
+    w, b, rm, rs = (t.to(device) for t in (w, b, rm, rs))
+    lim = torch.tensor(2.0, device=device)
+    _, mean, std, r, d = ops.batch_renorm_forward(x, w, b, rm, rs, lim, lim, 1e-5)
+    want = ref.batch_renorm_forward(x.cpu().double(), w.cpu().double(), b.cpu().double(), rm.cpu().double(),
+                                    rs.cpu().double(), 2.0, 2.0, 1e-5)
+    for got, exp in zip((mean, std, r, d), want[1:], strict=True):
+        assert torch.isnan(got[1]).item() and torch.isfinite(got[[0, 2, 3]]).all().item()
+        torch.testing.assert_close(got.cpu().double(), exp, rtol=1e-5, atol=1e-6, equal_nan=True)
+    exp_rm, exp_rs, _, _ = ref.batch_renorm_update(rm.cpu().double(), rs.cpu().double(), 2.0, 2.0, mean.cpu().double(),
+                                                   std.cpu().double(), 0.1, 0.01, 0.01, 3.0, 5.0)
+    ops.batch_renorm_update_(rm, rs, lim.clone(), lim.clone(), mean, std, 0.1, 0.01, 0.01, 3.0, 5.0)
+    for got, exp in ((rm, exp_rm), (rs, exp_rs)):
+        assert torch.isnan(got[1]).item()
+        torch.testing.assert_close(got.cpu().double(), exp, rtol=1e-6, atol=1e-7, equal_nan=True)

@@ -17,7 +17,7 @@ from clfast.testing.opinfo import OPS
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {info.name for info in OPS}
 # Public names of clfast.ops that are not op wrappers.
-NOT_OPS = {"GradMode", "check_finite"}
+NOT_OPS = {"GradMode", "check_finite", "FiniteGuard", "FINITE_CHECK_MODES"}
 
 
 def _schemas() -> set[str]:

@@ -20,7 +20,9 @@ Finite-value checks: the ops that update persistent state (importance, Fisher, p
 scores) take ``check_finite=True`` by default. It reads the model tensors once more before any
 write and raises ``ValueError`` naming the first tensor holding a NaN or inf, so a bad gradient
 cannot poison the state. Pass ``check_finite=False`` on hot paths that already guarantee finite
-inputs. The penalty ops default to ``False``: a NaN there shows up in the returned value.
+inputs, or a :class:`~clfast.ops.finite.FiniteGuard` to keep the flags on the device and raise later
+(no host sync per call; the plugins do this on CUDA). The penalty ops default to ``False``: a NaN
+there shows up in the returned value.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .finite import check_finite as _check
+from .finite import FiniteGuard
+from .finite import check_finite as _check_finite
 
 __all__ = [
     "GradMode",
@@ -41,13 +42,23 @@ def _returns_nothing(*args: object) -> None:
     return None
 
 
+#: A state update's ``check_finite``: True checks now, False not at all, a guard checks as the guard says.
+FiniteCheck = bool | FiniteGuard
+
+
+def _check(op: str, check_finite: FiniteCheck, **named: Sequence[Tensor | None] | Tensor | None) -> None:
+    """The finite check of one call as ``check_finite`` asks (:class:`~clfast.ops.finite.FiniteGuard`)."""
+    if check_finite is False:
+        return
+    _check_finite(op, guard=check_finite if isinstance(check_finite, FiniteGuard) else None, **named)
+
+
 def _update_from_grads(op: str, state: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor | None] | None,
-                       coef: float, check_finite: bool) -> None:
+                       coef: float, check_finite: FiniteCheck) -> None:
     """The body of the one-buffer updates from the gradients (``op(state, params, grads, coef)``)."""
     params = list(params)
     grads = _grads_of(params, grads)
-    if check_finite:
-        _check(op, grads=grads)
+    _check(op, check_finite, grads=grads)
     with torch.no_grad():
         getattr(_ops, op)(state, params, grads, float(coef))
 
@@ -89,7 +100,7 @@ def quad_penalty(
     anchor: Tensor,
     lam: float,
     *,
-    check_finite: bool = False,
+    check_finite: FiniteCheck = False,
 ) -> Tensor:
     """λ·Σ Ω⊙(θ−θ*)² over all ``params`` in one call, as a 0-dim tensor of the state dtype.
 
@@ -99,8 +110,7 @@ def quad_penalty(
     if importance.requires_grad or anchor.requires_grad:
         raise ValueError("quad_penalty: importance and anchor are constants; pass detached tensors")
     params = list(params)
-    if check_finite:
-        _check("quad_penalty", params=params, importance=importance, anchor=anchor)
+    _check("quad_penalty", check_finite, params=params, importance=importance, anchor=anchor)
     return _ops.quad_penalty(params, importance, anchor, float(lam))
 
 
@@ -140,7 +150,7 @@ def quad_penalty_grad_(
     lam: float,
     *,
     penalised: Sequence[bool] | None = None,
-    check_finite: bool = False,
+    check_finite: FiniteCheck = False,
 ) -> Tensor:
     """Add the penalty gradient 2λΩ(θ−θ*) straight into each ``param.grad``; return the value.
 
@@ -153,8 +163,7 @@ def quad_penalty_grad_(
     loss, not to the loss you call ``backward`` on.
     """
     params = list(params)
-    if check_finite:
-        _check("quad_penalty_grad_", params=params, importance=importance, anchor=anchor)
+    _check("quad_penalty_grad_", check_finite, params=params, importance=importance, anchor=anchor)
     grads: list[Tensor] = []
     modes: list[int] = []
     fresh: list[tuple[Tensor, Tensor]] = []
@@ -190,7 +199,7 @@ def mas_importance_update_(
     scale: float = 1.0,
     *,
     grads: Sequence[Tensor | None] | None = None,
-    check_finite: bool = True,
+    check_finite: FiniteCheck = True,
 ) -> None:
     """MAS: Ω += scale·|g|, in place. ``grads`` defaults to each ``param.grad``.
 
@@ -211,7 +220,7 @@ def ema_sq_update_(
     alpha: float,
     *,
     grads: Sequence[Tensor | None] | None = None,
-    check_finite: bool = True,
+    check_finite: FiniteCheck = True,
 ) -> None:
     """EWC++ / RWalk Fisher: F ← α·g² + (1−α)·F, in place (α ∈ [0, 1]).
 
@@ -233,7 +242,7 @@ def path_integral_update_(
     params: Sequence[Tensor],
     *,
     grads: Sequence[Tensor | None] | None = None,
-    check_finite: bool = True,
+    check_finite: FiniteCheck = True,
 ) -> None:
     """Path integral: acc −= g⊙(θ − θ_prev), then θ_prev ← θ, in place.
 
@@ -243,8 +252,7 @@ def path_integral_update_(
     """
     params = list(params)
     grads = _grads_of(params, grads)
-    if check_finite:
-        _check("path_integral_update_", params=params, grads=grads)
+    _check("path_integral_update_", check_finite, params=params, grads=grads)
     with torch.no_grad():
         _ops.path_integral_update_(acc, prev_params, params, grads)
 
@@ -263,7 +271,7 @@ def rwalk_score_update_(
     params: Sequence[Tensor],
     eps: float | None = None,
     *,
-    check_finite: bool = True,
+    check_finite: FiniteCheck = True,
 ) -> None:
     """RWalk score window: s += L / (½·F⊙(θ − θ_ckpt)² + ε); then L ← 0 and θ_ckpt ← θ, in place.
 
@@ -272,8 +280,7 @@ def rwalk_score_update_(
     params = list(params)
     if eps is None:
         eps = torch.finfo(scores.dtype).eps
-    if check_finite:
-        _check("rwalk_score_update_", params=params, loss_acc=loss_acc, fisher=fisher)
+    _check("rwalk_score_update_", check_finite, params=params, loss_acc=loss_acc, fisher=fisher)
     with torch.no_grad():
         _ops.rwalk_score_update_(scores, loss_acc, ckpt_params, fisher, params, float(eps))
 
@@ -324,7 +331,7 @@ def si_consolidate_(
     eps: float = 1e-7,
     clip: float = 1e-3,
     *,
-    check_finite: bool = True,
+    check_finite: FiniteCheck = True,
 ) -> None:
     """SI consolidation at the end of an experience, in place.
 
@@ -332,8 +339,7 @@ def si_consolidate_(
     Ω ← min(−cum, clip); then θ* ← θ and ω ← 0 for the next experience.
     """
     params = list(params)
-    if check_finite:
-        _check("si_consolidate_", params=params, omega=omega)
+    _check("si_consolidate_", check_finite, params=params, omega=omega)
     with torch.no_grad():
         _ops.si_consolidate_(cum, importance, omega, anchor, params, float(c), float(eps),
                              float(clip))

@@ -59,6 +59,28 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
     def __init__(self, select: Callable[[nn.Module], list[tuple[str, Tensor]]] | None = None) -> None:
         super().__init__()
         self._table = ParamTable(self.KINDS, stand_in=self.STAND_IN, select=select)
+        #: The NaN/inf checks of the per-iteration state updates (``docs/plugins.md``, "What is checked when").
+        self._finite = ops.FiniteGuard()
+
+    def set_finite_check(self, mode: str = "auto", every: int | None = None) -> None:
+        """When the NaN/inf checks of the state updates raise (``docs/plugins.md``, "What is checked when").
+
+        ``mode``: ``"immediate"`` (before each update writes; one host sync per call on an accelerator),
+        ``"deferred"`` (flags kept on the device, raised at the experience's end before anything is
+        consolidated, or every ``every`` training iterations), or ``"auto"`` (the default: immediate on the
+        CPU, deferred elsewhere). Pending deferred flags are dropped.
+        """
+        self._finite = ops.FiniteGuard(mode, every)
+
+    @property
+    def finite_check(self) -> ops.FiniteGuard:
+        """The guard the state updates report to (its ``mode`` and ``every``)."""
+        return self._finite
+
+    def _pass_guard(self) -> ops.FiniteGuard:
+        """A fresh guard, in this plugin's mode, for a pass over an experience's data: checked once at the end
+        of the pass, before its result is committed (the pass writes only a temporary until then)."""
+        return ops.FiniteGuard(self._finite.mode)
 
     def _views(self, kind: str) -> dict[str, Tensor] | None:
         """``kind`` per parameter name (views of the flat state), or None before there is state."""
@@ -138,7 +160,10 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
         return self._table.check_loadable(sd.get("state"), model), {}
 
     def state_dict(self) -> dict[str, Any]:
-        """The flat state (with its table), the plugin's other state and its hyper-parameters."""
+        """The flat state (with its table), the plugin's other state and its hyper-parameters.
+
+        Pending deferred finite checks are read first: a state that may hold NaN or inf is not saved."""
+        self._finite.check()
         return {"plugin": self.STATE_NAME, "version": STATE_VERSION, "state": self._table.state_dict(),
                 **self._extra_state(), "hparams": self._hparams()}
 
@@ -152,6 +177,7 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
         self._table.install(state)
         for name, value in attributes.items():
             setattr(self, name, value)
+        self._finite.reset()  # what the deferred flags described has been replaced
 
 
 def check_header(sd: Any, kind: str) -> Mapping[str, Any]:

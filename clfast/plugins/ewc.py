@@ -145,10 +145,14 @@ class EWCPlugin(RegularizerPlugin, supports_distributed=True):
         """Mean over batches of the squared batch gradient of the criterion, in eval mode, flat."""
         device = params[0].device if params else strategy.device
         fisher = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=device)
-        # Running mean of g² over batches: F ← (1/k)·g² + (1 − 1/k)·F; raises on NaN/inf before writing.
-        # Zero (not None) gradients: a parameter without a gradient in a batch then counts as 0 in the mean.
-        gradient_pass(strategy, params, strategy._criterion, lambda k: ops.ema_sq_update_(fisher, params, 1.0 / k),
+        # Running mean of g² over batches: F ← (1/k)·g² + (1 − 1/k)·F; NaN/inf raises before writing, or
+        # (deferred checks) once after the pass, before F is used. Zero (not None) gradients: a parameter
+        # without a gradient in a batch then counts as 0 in the mean.
+        guard = self._pass_guard()
+        gradient_pass(strategy, params, strategy._criterion,
+                      lambda k: ops.ema_sq_update_(fisher, params, 1.0 / k, check_finite=guard),
                       training=False, set_to_none=False, num_workers=strategy_num_workers(kwargs))
+        guard.check()
         return fisher
 
     # -- state ----------------------------------------------------------------------------------------

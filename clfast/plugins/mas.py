@@ -87,10 +87,13 @@ class MASPlugin(RegularizerPlugin, supports_distributed=True):
         """Ω_cur (§2.1) as one flat tensor laid out like ``params``."""
         device = params[0].device if params else strategy.device
         current = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=device)
-        # Per batch: loss (1/B) Σ_b ‖f(x_b)‖², then Ω_cur += |g| (raises on NaN/inf before writing).
+        # Per batch: loss (1/B) Σ_b ‖f(x_b)‖², then Ω_cur += |g|; NaN/inf raises before writing, or (deferred
+        # checks) once after the pass: either way before Ω_cur is committed.
+        guard = self._pass_guard()
         n_batches = gradient_pass(strategy, params, lambda out, _: out.pow(2).sum(dim=1).mean(),
-                                  lambda _: ops.mas_importance_update_(current, params),
+                                  lambda _: ops.mas_importance_update_(current, params, check_finite=guard),
                                   training=True, set_to_none=True, verbose=self.verbose, desc="MAS importance")
+        guard.check()
         if n_batches:
             current /= n_batches
         return current

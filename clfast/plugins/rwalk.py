@@ -174,10 +174,10 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
         names = table.state.names
         fresh = [i for i, has in enumerate(now) if has and names[i] not in self._in_fisher]
         if not fresh:
-            ops.ema_sq_update_(table["fisher"], params, self.ewc_alpha, grads=grads)
+            ops.ema_sq_update_(table["fisher"], params, self.ewc_alpha, grads=grads, check_finite=self._finite)
         else:  # parameters (re)appearing in the Fisher start at g² (Avalanche rebuilds the dict, §3.2)
             fresh_set = set(fresh)
-            ops.check_finite("RWalkPlugin", grads=grads)
+            ops.check_finite("RWalkPlugin", guard=self._finite, grads=grads)
             ops.ema_sq_update_(table["fisher"], params, self.ewc_alpha, check_finite=False,
                                grads=[None if i in fresh_set else g for i, g in enumerate(grads)])
             ops.ema_sq_update_(table["fisher"], params, 1.0, check_finite=False,
@@ -191,15 +191,21 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
         params = table.tensors(strategy.model)
         views = table.state.views("grad")
         grads = [views[n] if has else None for n, has in zip(table.state.names, self._iter_grad, strict=True)]
-        ops.path_integral_update_(table["loss"], table["prev"], params, grads=grads)  # L −= g⊙(θ_{t+1} − θ_t)
+        # L −= g⊙(θ_{t+1} − θ_t)
+        ops.path_integral_update_(table["loss"], table["prev"], params, grads=grads, check_finite=self._finite)
         if (strategy.clock.train_iterations + 1) % self.delta_t == 0:
             loss = table["loss"]
             for e in table.state.entries:  # only names in the Fisher are scored; the others' L is reset
                 if e.name not in self._in_fisher:
                     loss[e.offset:e.offset + e.numel].zero_()
-            ops.rwalk_score_update_(table["ckpt_scores"], loss, table["ckpt_params"], table["fisher"], params)
+            ops.rwalk_score_update_(table["ckpt_scores"], loss, table["ckpt_params"], table["fisher"], params,
+                                    check_finite=self._finite)
+        self._finite.tick()
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        # Deferred NaN/inf in this experience's updates: refuse before anything is consolidated. The running
+        # Fisher outlives the experience, so the guard stays tripped until a state is loaded.
+        self._finite.check()
         table, model = self._table, strategy.model
         self._follow_model(model)
         st = table.state

@@ -122,6 +122,7 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
         table.copy_from_model("anchor", strategy.model)  # θ* ← θ (§4.9 before_training_exp)
         table.copy_from_model("prev", strategy.model)
         table["omega"].zero_()
+        self._finite.reset()  # ω and θ_old, all that the per-iteration checks guard, start afresh
 
     def _tracking(self) -> bool:
         """Some parameter is tracked (all hooks below are no-ops until then)."""
@@ -137,13 +138,15 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
         if not self._tracking():
             return
         params = self._table.tensors(strategy.model)
-        # ω −= g⊙(θ_new − θ_old), θ_old ← θ_new; raises on NaN/inf before writing. A parameter
-        # without a gradient adds nothing (Avalanche would crash).
-        ops.path_integral_update_(self._table["omega"], self._table["prev"], params)
+        # ω −= g⊙(θ_new − θ_old), θ_old ← θ_new; NaN/inf raises before writing, or (deferred checks) at the
+        # experience's end. A parameter without a gradient adds nothing (Avalanche would crash).
+        ops.path_integral_update_(self._table["omega"], self._table["prev"], params, check_finite=self._finite)
+        self._finite.tick()
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         if not self._tracking():
             return
+        self._finite.check()  # deferred NaN/inf in this experience's ω: refuse before consolidating
         params = self._table.tensors(strategy.model)
         ops.si_consolidate_(self._table["cum"], self._table["importance"], self._table["omega"],
                             self._table["anchor"], params, c=SI_C, eps=self.eps, clip=SI_CLIP)

@@ -4,8 +4,10 @@
 // so a block reads one channel's contiguous rows; interleaved/channels-last: 32 x 8, so a warp reads 32
 // neighbouring channels). blockIdx.x picks the channel tile and blockIdx.y one of `splits` slices of each
 // channel's m elements.
-//   training forward: Welford statistics per (slice, channel) -> per-channel merge in slice order (fixed,
-//                     so deterministic) computing mean, std, r, d and the affine coefficients -> y pass.
+//   training forward: Welford statistics of x - K per (slice, channel), K the channel's first element (as on
+//                     the CPU, so that a large mean keeps the variance's digits) -> per-channel merge in slice
+//                     order computing mean, std, r, d and the affine coefficients -> y pass.
+// The slice count follows the SM count (plan()): results repeat on one GPU model, not across models.
 //   backward:         Σg, Σg(x-μ) per (slice, channel) -> per-channel merge -> dx pass.
 // No host synchronisation anywhere; r_max/d_max are read and grown on the device.
 #include <ATen/ops/empty.h>
@@ -22,6 +24,7 @@
 #include "batch_renorm/impl.h"
 #include "batch_renorm/math.h"
 #include "common/dispatch.h"
+#include "common/launch.h"
 
 namespace clfast::brn {
 namespace {
@@ -96,15 +99,24 @@ __device__ void reduce_lanes(V* sh, const Merge& merge) {
   }
 }
 
+// The shift of channel c: its first element (planar: plane (0, c); interleaved: row 0), as in the CPU kernel.
+// Statistics are accumulated on x - K, so a large mean does not eat the float32 digits of the variance.
+template <typename T, typename A>
+__device__ __forceinline__ A channel_shift(const T* x, const Geo& g, int64_t c) {
+  return static_cast<A>(x[g.interleaved ? c : c * g.S]);
+}
+
+// Welford summaries of x - K per (slice, channel).
 template <typename T, typename A>
 __global__ void stats_kernel(const T* __restrict__ x, Geo g, Welford<A>* __restrict__ partial) {
   __shared__ Welford<A> sh[kThreads];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   Welford<A> w{A(0), A(0), A(0)};
   if (c < g.C) {
+    const A K = channel_shift<T, A>(x, g, c);
     walk(g, c, static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y,
          static_cast<int64_t>(blockDim.y) * gridDim.y, [&](int64_t i) {
-           const A v = static_cast<A>(x[i]);
+           const A v = static_cast<A>(x[i]) - K;
            w.n += A(1);
            const A delta = v - w.mean;
            w.mean += delta / w.n;
@@ -117,10 +129,13 @@ __global__ void stats_kernel(const T* __restrict__ x, Geo g, Welford<A>* __restr
   if (threadIdx.y == 0 && c < g.C) partial[static_cast<int64_t>(blockIdx.y) * g.C + c] = sh[threadIdx.x];
 }
 
-template <typename P, typename A>
-__global__ void train_finalize_kernel(const Welford<A>* __restrict__ partial, int splits, int64_t C, double eps,
-                                      const P* w, const P* b, const P* rm, const P* rs, const P* r_max,
-                                      const P* d_max, P* mean, P* sd, P* r, P* d, Affine<A>* aff) {
+// Merges the slices of each channel in slice order (deterministic), undoes the shift, and computes the channel's
+// statistics and affine coefficients.
+template <typename T, typename P, typename A>
+__global__ void train_finalize_kernel(const Welford<A>* __restrict__ partial, int splits, const T* __restrict__ x,
+                                      Geo g, double eps, const P* w, const P* b, const P* rm, const P* rs,
+                                      const P* r_max, const P* d_max, P* mean, P* sd, P* r, P* d, Affine<A>* aff) {
+  const int64_t C = g.C;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   Welford<double> acc{0.0, 0.0, 0.0};
@@ -129,9 +144,12 @@ __global__ void train_finalize_kernel(const Welford<A>* __restrict__ partial, in
     acc = welford_merge(acc, Welford<double>{static_cast<double>(p.n), static_cast<double>(p.mean),
                                              static_cast<double>(p.m2)});
   }
-  const double var = acc.m2 / acc.n > 0.0 ? acc.m2 / acc.n : 0.0;
+  const double batch_mean = static_cast<double>(channel_shift<T, A>(x, g, c)) + acc.mean;
+  // Rounding can leave m2 slightly below 0; a NaN must stay NaN (a `> 0 ? : 0` test would make it 0).
+  const double biased = acc.m2 / acc.n;
+  const double var = biased < 0.0 ? 0.0 : biased;
   const TrainChannel<A> t =
-      train_channel<A>(static_cast<A>(acc.mean), static_cast<A>(var), static_cast<A>(eps), static_cast<A>(rm[c]),
+      train_channel<A>(static_cast<A>(batch_mean), static_cast<A>(var), static_cast<A>(eps), static_cast<A>(rm[c]),
                        static_cast<A>(rs[c]), static_cast<A>(*r_max), static_cast<A>(*d_max),
                        static_cast<A>(w[c]), static_cast<A>(b[c]));
   mean[c] = static_cast<P>(t.mean);
@@ -261,14 +279,16 @@ struct CudaBrnRunner {
       at::Tensor h1, h2;
       Welford<A>* partial = scratch<Welford<A>>(h1, static_cast<int64_t>(p.grid.y) * l.C, l.x);
       Affine<A>* aff = scratch<Affine<A>>(h2, l.C, l.x);
-      stats_kernel<T, A><<<p.grid, p.block, 0, stream>>>(l.x.const_data_ptr<T>(), g, partial);
+      CLFAST_LAUNCH((stats_kernel<T, A>), p.grid, p.block, 0, stream, l.x.const_data_ptr<T>(), g, partial);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      train_finalize_kernel<P, A><<<channel_blocks(l.C), kThreads, 0, stream>>>(
-          partial, static_cast<int>(p.grid.y), l.C, eps, weight.const_data_ptr<P>(), bias.const_data_ptr<P>(),
-          run_mean.const_data_ptr<P>(), run_std.const_data_ptr<P>(), r_max.const_data_ptr<P>(),
-          d_max.const_data_ptr<P>(), mean.data_ptr<P>(), std.data_ptr<P>(), r.data_ptr<P>(), d.data_ptr<P>(), aff);
+      CLFAST_LAUNCH((train_finalize_kernel<T, P, A>), channel_blocks(l.C), kThreads, 0, stream,
+          partial, static_cast<int>(p.grid.y), l.x.const_data_ptr<T>(), g, eps, weight.const_data_ptr<P>(),
+          bias.const_data_ptr<P>(), run_mean.const_data_ptr<P>(), run_std.const_data_ptr<P>(),
+          r_max.const_data_ptr<P>(), d_max.const_data_ptr<P>(), mean.data_ptr<P>(), std.data_ptr<P>(), r.data_ptr<P>(),
+          d.data_ptr<P>(), aff);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      affine_kernel<T, A><<<p.grid, p.block, 0, stream>>>(l.x.const_data_ptr<T>(), y.data_ptr<T>(), g, aff);
+      CLFAST_LAUNCH((affine_kernel<T, A>), p.grid, p.block, 0, stream,
+          l.x.const_data_ptr<T>(), y.data_ptr<T>(), g, aff);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -285,11 +305,12 @@ struct CudaBrnRunner {
       using A = opmath_t<T, P>;
       at::Tensor h;
       Affine<A>* aff = scratch<Affine<A>>(h, l.C, l.x);
-      eval_coeff_kernel<P, A><<<channel_blocks(l.C), kThreads, 0, stream>>>(
+      CLFAST_LAUNCH((eval_coeff_kernel<P, A>), channel_blocks(l.C), kThreads, 0, stream,
           l.C, weight.const_data_ptr<P>(), bias.const_data_ptr<P>(), run_mean.const_data_ptr<P>(),
           run_std.const_data_ptr<P>(), aff);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      affine_kernel<T, A><<<p.grid, p.block, 0, stream>>>(l.x.const_data_ptr<T>(), y.data_ptr<T>(), g, aff);
+      CLFAST_LAUNCH((affine_kernel<T, A>), p.grid, p.block, 0, stream,
+          l.x.const_data_ptr<T>(), y.data_ptr<T>(), g, aff);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -308,16 +329,16 @@ struct CudaBrnRunner {
       at::Tensor h1, h2;
       Pair<A>* partial = scratch<Pair<A>>(h1, static_cast<int64_t>(p.grid.y) * l.C, l.x);
       BackwardChannel<A>* coef = scratch<BackwardChannel<A>>(h2, l.C, l.x);
-      grad_sums_kernel<T, P, A><<<p.grid, p.block, 0, stream>>>(grad.const_data_ptr<T>(), l.x.const_data_ptr<T>(),
-                                                                mean.const_data_ptr<P>(), g, partial);
+      CLFAST_LAUNCH((grad_sums_kernel<T, P, A>), p.grid, p.block, 0, stream,
+          grad.const_data_ptr<T>(), l.x.const_data_ptr<T>(), mean.const_data_ptr<P>(), g, partial);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      backward_finalize_kernel<P, A><<<channel_blocks(l.C), kThreads, 0, stream>>>(
+      CLFAST_LAUNCH((backward_finalize_kernel<P, A>), channel_blocks(l.C), kThreads, 0, stream,
           partial, static_cast<int>(p.grid.y), l.C, static_cast<double>(l.per_channel()), weight.const_data_ptr<P>(),
           mean.const_data_ptr<P>(), std.const_data_ptr<P>(), r.const_data_ptr<P>(), d.const_data_ptr<P>(), train,
           dw.data_ptr<P>(), db.data_ptr<P>(), coef);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      dx_kernel<T, A><<<p.grid, p.block, 0, stream>>>(grad.const_data_ptr<T>(), l.x.const_data_ptr<T>(),
-                                                      dx.data_ptr<T>(), g, coef);
+      CLFAST_LAUNCH((dx_kernel<T, A>), p.grid, p.block, 0, stream,
+          grad.const_data_ptr<T>(), l.x.const_data_ptr<T>(), dx.data_ptr<T>(), g, coef);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -330,7 +351,7 @@ struct CudaBrnRunner {
     dispatch_state_type(run_mean.scalar_type(), [&](auto pt) {
       using P = typename decltype(pt)::type;
       const int64_t C = run_mean.numel();
-      update_kernel<P><<<std::min<unsigned>(channel_blocks(C), 64u), kThreads, 0, stream>>>(
+      CLFAST_LAUNCH((update_kernel<P>), std::min<unsigned>(channel_blocks(C), 64u), kThreads, 0, stream,
           run_mean.data_ptr<P>(), run_std.data_ptr<P>(), r_max.data_ptr<P>(), d_max.data_ptr<P>(),
           batch_mean.const_data_ptr<P>(), batch_std.const_data_ptr<P>(), C, momentum, r_inc, d_inc, max_r, max_d);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -340,6 +361,6 @@ struct CudaBrnRunner {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clfast, CUDA, m) { CLFAST_REGISTER_BRN_OPS(m, CudaBrnRunner); }
+TORCH_LIBRARY_IMPL(clfast, CLFAST_CUDA_DISPATCH_KEY, m) { CLFAST_REGISTER_BRN_OPS(m, CudaBrnRunner); }
 
 }  // namespace clfast::brn

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/dispatch.h"
+#include "common/launch.h"
 #include "state_ops/impl.h"
 
 namespace clfast {
@@ -248,7 +249,8 @@ struct CudaRunner {
           using T = typename decltype(pt)::type;
           const auto f = make(pt, st, l.variant);
           double* part = partials ? partials + block_offset : nullptr;
-          list_flat_kernel<std::decay_t<decltype(f)>, T, P><<<l.blocks, kThreads, 0, stream>>>(l.batch, flat, f, part);
+          CLFAST_LAUNCH((list_flat_kernel<std::decay_t<decltype(f)>, T, P>), l.blocks, kThreads, 0, stream,
+              l.batch, flat, f, part);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
@@ -269,8 +271,8 @@ struct CudaRunner {
     auto stream = c10::cuda::getCurrentCUDAStream(call.device.index());
     dispatch_state_type(call.state_dtype, [&](auto st) {
       using P = typename decltype(st)::type;
-      finalize_sum_kernel<P><<<1, kThreads, 0, stream>>>(partials.data_ptr<double>(), total_blocks, scale,
-                                                         out.data_ptr<P>());
+      CLFAST_LAUNCH((finalize_sum_kernel<P>), 1, kThreads, 0, stream,
+          partials.data_ptr<double>(), total_blocks, scale, out.data_ptr<P>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     return out;
@@ -288,9 +290,9 @@ struct CudaRunner {
     auto stream = c10::cuda::getCurrentCUDAStream(device.index());
     const int grid = grid_for(n);
     at::Tensor partials = at::empty({grid}, at::TensorOptions().dtype(c10::CppTypeToScalarType<P>::value).device(device));
-    max_partial_kernel<P><<<grid, kThreads, 0, stream>>>(x, n, partials.data_ptr<P>());
+    CLFAST_LAUNCH((max_partial_kernel<P>), grid, kThreads, 0, stream, x, n, partials.data_ptr<P>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    finalize_max_kernel<P><<<1, kThreads, 0, stream>>>(partials.data_ptr<P>(), grid, inverse, out);
+    CLFAST_LAUNCH((finalize_max_kernel<P>), 1, kThreads, 0, stream, partials.data_ptr<P>(), grid, inverse, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
@@ -316,8 +318,8 @@ struct CudaRunner {
       P* inv = inverses.data_ptr<P>();
       max_into<P>(fisher.data_ptr<P>(), n, true, inv, fisher.device());
       max_into<P>(scores.data_ptr<P>(), n, true, inv + 1, fisher.device());
-      rwalk_weights_kernel<P><<<grid_for(n), kThreads, 0, stream>>>(fisher.data_ptr<P>(), scores.data_ptr<P>(), inv, n,
-                                                                     out.data_ptr<P>());
+      CLFAST_LAUNCH((rwalk_weights_kernel<P>), grid_for(n), kThreads, 0, stream,
+          fisher.data_ptr<P>(), scores.data_ptr<P>(), inv, n, out.data_ptr<P>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     return out;
@@ -348,7 +350,7 @@ struct CudaRunner {
     for (const auto& l : plan_launches(call)) {
       dispatch_model_type(l.dtype, [&](auto pt) {
         using T = typename decltype(pt)::type;
-        nonfinite_kernel<T><<<l.blocks, kThreads, 0, stream>>>(l.batch, flags.data_ptr<bool>());
+        CLFAST_LAUNCH((nonfinite_kernel<T>), l.blocks, kThreads, 0, stream, l.batch, flags.data_ptr<bool>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
@@ -358,6 +360,6 @@ struct CudaRunner {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clfast, CUDA, m) { CLFAST_REGISTER_STATE_OPS(m, CudaRunner); }
+TORCH_LIBRARY_IMPL(clfast, CLFAST_CUDA_DISPATCH_KEY, m) { CLFAST_REGISTER_STATE_OPS(m, CudaRunner); }
 
 }  // namespace clfast

@@ -16,7 +16,9 @@
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 
+#include <initializer_list>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "state_ops/elementwise.h"
@@ -26,14 +28,21 @@ namespace clfast {
 
 using OptTensorList = c10::List<std::optional<at::Tensor>>;
 
-inline void check_distinct(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> bufs) {
-  for (auto a = bufs.begin(); a != bufs.end(); ++a) {
-    for (auto b = a + 1; b != bufs.end(); ++b) {
-      if (a->second->numel() == 0) continue;
-      TORCH_CHECK(!a->second->is_same(*b->second) && a->second->data_ptr() != b->second->data_ptr(), op, ": ",
-                  a->first, " and ", b->first, " must be different buffers");
-    }
-  }
+// One flat state argument for check_state_distinct: its name, the tensor and whether the op writes it.
+struct FlatArg {
+  const char* name;
+  const at::Tensor& t;
+  bool written;
+};
+
+// The state buffers of a list/flat op against each other and against the model tensors it reads.
+inline void check_state_distinct(const char* op, std::initializer_list<FlatArg> flats, at::TensorList params,
+                                 const OptTensorList* grads = nullptr) {
+  std::vector<ArgSpan> spans;
+  for (const FlatArg& f : flats) add_span(spans, f.name, f.t, f.written);
+  add_spans(spans, "params", params, false);
+  if (grads != nullptr) add_spans(spans, "grads", *grads, false);
+  check_distinct(op, std::move(spans));
 }
 
 template <class R>
@@ -97,6 +106,14 @@ at::Tensor quad_penalty_grad_impl(at::TensorList grads, at::TensorList params, c
     check_grad(op, "grads", i, params[i], grads[i]);
     call.list1[i] = grads[i].numel() ? grads[i].data_ptr() : nullptr;
   }
+  std::vector<ArgSpan> spans;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (mode[i] != 2) add_span(spans, "grads", grads[i], /*written=*/true, static_cast<int64_t>(i));
+  }
+  add_spans(spans, "params", params, false);
+  add_span(spans, "importance", importance, false);
+  add_span(spans, "anchor", anchor, false);
+  check_distinct(op, std::move(spans));
   call.flat = {importance.data_ptr(), anchor.data_ptr(), nullptr, nullptr};
   const double coef = 2.0 * lam;
   return R::reduce(call, [coef](auto pt, auto st, uint8_t variant) {
@@ -112,6 +129,7 @@ void mas_importance_update_impl(const at::Tensor& importance, at::TensorList par
   check_lambda(op, "scale", scale);
   ListFlatCall call = make_call(op, params, importance, "importance");
   add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
+  check_state_distinct(op, {{"importance", importance, true}}, params, &grads);
   call.flat = {importance.data_ptr(), nullptr, nullptr, nullptr};
   R::apply(call, [scale](auto pt, auto st, uint8_t) {
     using F = MasImportanceUpdate<typename decltype(pt)::type, typename decltype(st)::type>;
@@ -125,6 +143,7 @@ void ema_sq_update_impl(const at::Tensor& fisher, at::TensorList params, const O
   TORCH_CHECK(alpha >= 0.0 && alpha <= 1.0, op, ": alpha must be in [0, 1], got ", alpha);
   ListFlatCall call = make_call(op, params, fisher, "fisher");
   add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
+  check_state_distinct(op, {{"fisher", fisher, true}}, params, &grads);
   call.flat = {fisher.data_ptr(), nullptr, nullptr, nullptr};
   R::apply(call, [alpha](auto pt, auto st, uint8_t) {
     using F = EmaSqUpdate<typename decltype(pt)::type, typename decltype(st)::type>;
@@ -138,8 +157,8 @@ void path_integral_update_impl(const at::Tensor& acc, const at::Tensor& prev_par
   constexpr const char* op = "clfast::path_integral_update_";
   ListFlatCall call = make_call(op, params, acc, "acc");
   check_state_buffer(prev_params, op, "prev_params", call.total, call.state_dtype, call.device);
-  check_distinct(op, {{"acc", &acc}, {"prev_params", &prev_params}});
   add_grads(call, op, "grads", params, grads, /*skip_missing=*/false);
+  check_state_distinct(op, {{"acc", acc, true}, {"prev_params", prev_params, true}}, params, &grads);
   for (size_t i = 0; i < params.size(); ++i) call.variant[i] = call.list1[i] != nullptr ? 1 : 0;
   call.flat = {acc.data_ptr(), prev_params.data_ptr(), nullptr, nullptr};
   R::apply(call, [](auto pt, auto st, uint8_t variant) {
@@ -156,7 +175,8 @@ void rwalk_score_update_impl(const at::Tensor& scores, const at::Tensor& loss_ac
   check_state_buffer(loss_acc, op, "loss_acc", call.total, call.state_dtype, call.device);
   check_state_buffer(ckpt_params, op, "ckpt_params", call.total, call.state_dtype, call.device);
   check_state_buffer(fisher, op, "fisher", call.total, call.state_dtype, call.device);
-  check_distinct(op, {{"scores", &scores}, {"loss_acc", &loss_acc}, {"ckpt_params", &ckpt_params}, {"fisher", &fisher}});
+  check_state_distinct(op, {{"scores", scores, true}, {"loss_acc", loss_acc, true},
+                            {"ckpt_params", ckpt_params, true}, {"fisher", fisher, false}}, params);
   call.flat = {scores.data_ptr(), loss_acc.data_ptr(), ckpt_params.data_ptr(), fisher.data_ptr()};
   R::apply(call, [eps](auto pt, auto st, uint8_t) {
     using F = RWalkScoreUpdate<typename decltype(pt)::type, typename decltype(st)::type>;
@@ -175,7 +195,8 @@ void si_consolidate_impl(const at::Tensor& cum, const at::Tensor& importance, co
   check_state_buffer(importance, op, "importance", call.total, call.state_dtype, call.device);
   check_state_buffer(omega, op, "omega", call.total, call.state_dtype, call.device);
   check_state_buffer(anchor, op, "anchor", call.total, call.state_dtype, call.device);
-  check_distinct(op, {{"cum", &cum}, {"importance", &importance}, {"omega", &omega}, {"anchor", &anchor}});
+  check_state_distinct(op, {{"cum", cum, true}, {"importance", importance, true}, {"omega", omega, true},
+                            {"anchor", anchor, true}}, params);
   call.flat = {cum.data_ptr(), importance.data_ptr(), omega.data_ptr(), anchor.data_ptr()};
   R::apply(call, [c, eps, clip](auto pt, auto st, uint8_t) {
     using F = SIConsolidate<typename decltype(pt)::type, typename decltype(st)::type>;

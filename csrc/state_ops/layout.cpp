@@ -3,7 +3,9 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 
 namespace clfast {
 
@@ -92,6 +94,78 @@ void add_grads(ListFlatCall& call, const char* op, const char* what, at::TensorL
 
 void check_lambda(const char* op, const char* what, double value) {
   TORCH_CHECK(std::isfinite(value), op, ": ", what, " must be finite, got ", value);
+}
+
+void add_span(std::vector<ArgSpan>& spans, const char* name, const at::Tensor& t, bool written, int64_t index) {
+  if (!t.defined() || t.numel() == 0) return;
+  // Torch strides are never negative, so the last element is at sum((size - 1) * stride).
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const auto item = static_cast<uintptr_t>(t.element_size());
+  spans.push_back({name, index, begin, begin + (static_cast<uintptr_t>(last) + 1) * item, written});
+}
+
+void add_spans(std::vector<ArgSpan>& spans, const char* name, at::TensorList ts, bool written) {
+  for (size_t i = 0; i < ts.size(); ++i) add_span(spans, name, ts[i], written, static_cast<int64_t>(i));
+}
+
+void add_spans(std::vector<ArgSpan>& spans, const char* name, const c10::List<std::optional<at::Tensor>>& ts,
+               bool written) {
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const std::optional<at::Tensor> t = ts.get(i);
+    if (t.has_value()) add_span(spans, name, *t, written, static_cast<int64_t>(i));
+  }
+}
+
+namespace {
+
+std::string span_name(const ArgSpan& s) {
+  return s.index < 0 ? std::string(s.name) : std::string(s.name) + "[" + std::to_string(s.index) + "]";
+}
+
+[[noreturn]] void refuse_overlap(const char* op, const ArgSpan& a, const ArgSpan& b) {
+  const bool same = a.begin == b.begin && a.end == b.end;
+  TORCH_CHECK(false, op, ": ", span_name(a), " and ", span_name(b), " must be different buffers (",
+              same ? "they are the same memory" : "their memory overlaps", ", and ",
+              a.written && b.written ? "both are" : "one of them is", " written)");
+  __builtin_unreachable();
+}
+
+bool overlap(const ArgSpan& a, const ArgSpan& b) { return a.begin < b.end && b.begin < a.end; }
+
+}  // namespace
+
+void check_distinct(const char* op, std::vector<ArgSpan> spans) {
+  // Usually a few written state buffers against many read model tensors: compare each written span with every
+  // other one directly (no allocation, no sort). Errors name the two arguments in the order the op lists them.
+  constexpr size_t kDirect = 8;
+  size_t n_written = 0;
+  for (const ArgSpan& s : spans) n_written += s.written ? 1 : 0;
+  if (n_written <= kDirect) {
+    for (size_t i = 0; i < spans.size(); ++i) {
+      if (!spans[i].written) continue;
+      for (size_t j = 0; j < spans.size(); ++j) {
+        if (j == i || (spans[j].written && j < i)) continue;  // a written pair is compared once
+        if (overlap(spans[i], spans[j])) refuse_overlap(op, spans[std::min(i, j)], spans[std::max(i, j)]);
+      }
+    }
+    return;
+  }
+  // Many written spans (quad_penalty_grad_'s gradients): a sweep in address order instead of all pairs, as a
+  // model has thousands of tensors and this runs on every call. Span c conflicts with an earlier-starting span
+  // e iff c.begin < e.end and one of them is written, so it is enough to track the earlier span reaching
+  // furthest, over all spans and over the written ones.
+  // Stable: of two spans starting together the first passed is named first (the order the op lists them).
+  std::stable_sort(spans.begin(), spans.end(), [](const ArgSpan& a, const ArgSpan& b) { return a.begin < b.begin; });
+  const ArgSpan* far_any = nullptr;
+  const ArgSpan* far_written = nullptr;
+  for (const ArgSpan& c : spans) {
+    const ArgSpan* other = c.written ? far_any : far_written;
+    if (other != nullptr && c.begin < other->end) refuse_overlap(op, *other, c);
+    if (far_any == nullptr || c.end > far_any->end) far_any = &c;
+    if (c.written && (far_written == nullptr || c.end > far_written->end)) far_written = &c;
+  }
 }
 
 }  // namespace clfast

@@ -54,4 +54,27 @@ void check_grad(const char* op, const char* what, size_t i, const at::Tensor& p,
 
 void check_lambda(const char* op, const char* what, double value);
 
+// One argument of a call as check_distinct sees it: its name (`name`, or `name[index]` for a list entry),
+// the bytes it spans and whether the op writes it. Empty and undefined tensors span nothing and are left out.
+struct ArgSpan {
+  const char* name;
+  int64_t index;  // -1: a single tensor; >= 0: entry `index` of the list `name`
+  uintptr_t begin;
+  uintptr_t end;
+  bool written;
+};
+
+// Appends the span of `t` (from its first to one past its last element, whatever its strides) to `spans`.
+void add_span(std::vector<ArgSpan>& spans, const char* name, const at::Tensor& t, bool written, int64_t index = -1);
+// Appends every entry of a list as `name[i]`.
+void add_spans(std::vector<ArgSpan>& spans, const char* name, at::TensorList ts, bool written);
+void add_spans(std::vector<ArgSpan>& spans, const char* name, const c10::List<std::optional<at::Tensor>>& ts,
+               bool written);
+
+// Refuses a call in which a written argument shares any byte with another argument (written or read): on
+// CUDA two blocks would then race on it, and even on the CPU an element could be read after it was
+// overwritten. Two read-only arguments may overlap, and views of one buffer that do not overlap are fine.
+// The error names both arguments. All spans must be on one device (the callers validate that first).
+void check_distinct(const char* op, std::vector<ArgSpan> spans);
+
 }  // namespace clfast
