@@ -8,11 +8,13 @@ bit-identical. Under the CUDA emulation build the same calls run the CUDA kernel
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
 import torch
 
+import clfast._reference
 from clfast.testing.cases import DEVICES
 from clfast.testing.hostile import STATE_OPS, HostileCase, hostile_cases
 from clfast.testing.opinfo import clone_args, observed_outputs
@@ -116,3 +118,28 @@ def test_overlapping_written_views_are_refused_and_adjacent_ones_accepted():
     with pytest.raises(RuntimeError, match=r"grads\[0\] and grads\[1\] must be different buffers"):
         torch.ops.clfast.quad_penalty_grad_([g[:12].view(4, 3), g[10:15]], params, x.abs(), x, 1.0, [0, 0])
     torch.ops.clfast.quad_penalty_grad_([g[:12].view(4, 3), g[10:15]], params, x.abs(), x, 1.0, [0, 2])  # skipped
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_model_tensor_that_is_its_own_state_slice_is_an_in_place_alias(device):
+    """The plugins' stand-in for a parameter the model lacks is that entry's slice of the anchor, passed as the
+    model tensor while the op writes the anchor (SI's consolidation). Element by element this reads and then
+    writes one address, so it is accepted and computes what the same call on copies computes; one element off
+    that slice it races and is refused."""
+    gen = torch.Generator().manual_seed(12)
+    shapes = [(4, 3), (5,)]
+    total = sum(math.prod(s) for s in shapes)
+    cum, omega, anchor = (torch.randn(total, generator=gen, dtype=torch.float64).to(device) for _ in range(3))
+    importance = torch.zeros(total, dtype=torch.float64, device=device)
+    live = torch.randn(5, generator=gen, dtype=torch.float64).to(device)
+    stand_in = anchor[:12].view(4, 3)  # entry 0 is missing from the model
+    expected = clfast._reference.si_consolidate(cum.clone(), importance.clone(), omega.clone(), anchor.clone(),
+                                                [stand_in.clone(), live], 0.5, 1e-3, 1e6)
+    torch.ops.clfast.si_consolidate_(cum, importance, omega, anchor, [stand_in, live], 0.5, 1e-3, 1e6)
+    for actual, want in zip((cum, importance, omega, anchor), expected, strict=True):
+        torch.testing.assert_close(actual, want.to(actual.dtype), rtol=1e-12, atol=1e-12)
+    before = anchor.clone()
+    with pytest.raises(RuntimeError, match=r"anchor and params\[0\] must be different buffers .*overlaps"):
+        torch.ops.clfast.si_consolidate_(cum, importance, omega, anchor, [anchor[1:13].view(4, 3), live],
+                                         0.5, 1e-3, 1e6)
+    assert torch.equal(anchor, before)

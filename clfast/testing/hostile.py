@@ -132,7 +132,7 @@ def _mutate(info: OpInfo, call: dict[str, Any], rng: random.Random, device: str,
         kinds += ["list_short", "grad_shape", "grad_dtype"]
     if len(written) > 1 and sum(p.numel() for p in params) > 1:
         kinds.append("overlap")
-    if written and params and params[0].numel():
+    if written and params and 0 < params[0].numel() < sum(p.numel() for p in params):
         kinds.append("alias_param")
     if other_device is not None:
         kinds.append("device")
@@ -199,7 +199,9 @@ def _mutate(info: OpInfo, call: dict[str, Any], rng: random.Random, device: str,
             for lst in lists:  # keep the gradients consistent, so that only the alias is wrong
                 if call[lst][0] is not None:
                     call[lst][0] = call[lst][0].to(p.dtype)
-        params[0] = call[name][: p.numel()].view(p.shape)
+        # One element off its own slice: a model tensor that is exactly its own slice of a state buffer is an
+        # in-place alias the ops accept (the plugins' stand-ins), one that straddles other elements races.
+        params[0] = call[name][1: 1 + p.numel()].view(p.shape)
         return kind, (name, "params")
     if kind == "device":
         name = rng.choice(states)

@@ -35,13 +35,56 @@ struct FlatArg {
   bool written;
 };
 
-// The state buffers of a list/flat op against each other and against the model tensors it reads.
-inline void check_state_distinct(const char* op, std::initializer_list<FlatArg> flats, at::TensorList params,
-                                 const OptTensorList* grads = nullptr) {
+// The spans of the model tensors of a call that make_call/add_grads validated, taken from `call`: they are
+// contiguous, so each spans [ptr, ptr + numel * size), and this costs no tensor accessor calls on a model of
+// thousands of tensors.
+inline uintptr_t entry_bytes(const ListFlatCall& call, size_t i) {
+  return static_cast<uintptr_t>((call.offsets[i + 1] - call.offsets[i]) *
+                                static_cast<int64_t>(c10::elementSize(call.dtype[i])));
+}
+
+// params (list0, read). A param that is exactly its own slice of one of `own_slice_of` (same dtype, starting at
+// the entry's offset) is left out: every element of the list/flat ops is read and then written by one thread at
+// one index, so that is an in-place alias, not a race. Plugins pass such views (slices of the anchor) as
+// stand-ins for parameters the model lacks; the flat buffer itself is still checked against everything else,
+// which covers them.
+inline void add_param_spans(std::vector<ArgSpan>& spans, const ListFlatCall& call,
+                            const std::vector<uintptr_t>& own_slice_of = {}) {
+  const size_t state_item = c10::elementSize(call.state_dtype);
+  for (size_t i = 0; i < call.size(); ++i) {
+    if (call.list0[i] == nullptr) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(call.list0[i]);
+    bool own_slice = false;
+    if (call.dtype[i] == call.state_dtype) {
+      const auto offset = static_cast<uintptr_t>(call.offsets[i]) * state_item;
+      for (const uintptr_t flat : own_slice_of) own_slice = own_slice || begin == flat + offset;
+    }
+    if (!own_slice) spans.push_back({"params", static_cast<int64_t>(i), begin, begin + entry_bytes(call, i), false});
+  }
+}
+
+// The second list (list1, e.g. grads; entries without a pointer are left out).
+inline void add_list1_spans(std::vector<ArgSpan>& spans, const ListFlatCall& call, const char* name, bool written) {
+  for (size_t i = 0; i < call.size(); ++i) {
+    if (call.list1[i] == nullptr) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(call.list1[i]);
+    spans.push_back({name, static_cast<int64_t>(i), begin, begin + entry_bytes(call, i), written});
+  }
+}
+
+// The state buffers of a list/flat op against each other and against the model tensors it reads (the params,
+// and the grads if `with_grads`), with the in-place aliases of add_param_spans allowed.
+inline void check_state_distinct(const char* op, const ListFlatCall& call, std::initializer_list<FlatArg> flats,
+                                 bool with_grads = false) {
   std::vector<ArgSpan> spans;
-  for (const FlatArg& f : flats) add_span(spans, f.name, f.t, f.written);
-  add_spans(spans, "params", params, false);
-  if (grads != nullptr) add_spans(spans, "grads", *grads, false);
+  spans.reserve(flats.size() + (with_grads ? 2 : 1) * call.size());
+  std::vector<uintptr_t> flat_begins;
+  for (const FlatArg& f : flats) {
+    add_span(spans, f.name, f.t, f.written);
+    flat_begins.push_back(reinterpret_cast<uintptr_t>(f.t.data_ptr()));
+  }
+  add_param_spans(spans, call, flat_begins);
+  if (with_grads) add_list1_spans(spans, call, "grads", /*written=*/false);
   check_distinct(op, std::move(spans));
 }
 
@@ -107,10 +150,9 @@ at::Tensor quad_penalty_grad_impl(at::TensorList grads, at::TensorList params, c
     call.list1[i] = grads[i].numel() ? grads[i].data_ptr() : nullptr;
   }
   std::vector<ArgSpan> spans;
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (mode[i] != 2) add_span(spans, "grads", grads[i], /*written=*/true, static_cast<int64_t>(i));
-  }
-  add_spans(spans, "params", params, false);
+  spans.reserve(2 * call.size() + 2);
+  add_list1_spans(spans, call, "grads", /*written=*/true);  // a skipped entry's grads[i] is not in list1
+  add_param_spans(spans, call);
   add_span(spans, "importance", importance, false);
   add_span(spans, "anchor", anchor, false);
   check_distinct(op, std::move(spans));
@@ -129,7 +171,7 @@ void mas_importance_update_impl(const at::Tensor& importance, at::TensorList par
   check_lambda(op, "scale", scale);
   ListFlatCall call = make_call(op, params, importance, "importance");
   add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
-  check_state_distinct(op, {{"importance", importance, true}}, params, &grads);
+  check_state_distinct(op, call, {{"importance", importance, true}}, /*with_grads=*/true);
   call.flat = {importance.data_ptr(), nullptr, nullptr, nullptr};
   R::apply(call, [scale](auto pt, auto st, uint8_t) {
     using F = MasImportanceUpdate<typename decltype(pt)::type, typename decltype(st)::type>;
@@ -143,7 +185,7 @@ void ema_sq_update_impl(const at::Tensor& fisher, at::TensorList params, const O
   TORCH_CHECK(alpha >= 0.0 && alpha <= 1.0, op, ": alpha must be in [0, 1], got ", alpha);
   ListFlatCall call = make_call(op, params, fisher, "fisher");
   add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
-  check_state_distinct(op, {{"fisher", fisher, true}}, params, &grads);
+  check_state_distinct(op, call, {{"fisher", fisher, true}}, /*with_grads=*/true);
   call.flat = {fisher.data_ptr(), nullptr, nullptr, nullptr};
   R::apply(call, [alpha](auto pt, auto st, uint8_t) {
     using F = EmaSqUpdate<typename decltype(pt)::type, typename decltype(st)::type>;
@@ -158,7 +200,7 @@ void path_integral_update_impl(const at::Tensor& acc, const at::Tensor& prev_par
   ListFlatCall call = make_call(op, params, acc, "acc");
   check_state_buffer(prev_params, op, "prev_params", call.total, call.state_dtype, call.device);
   add_grads(call, op, "grads", params, grads, /*skip_missing=*/false);
-  check_state_distinct(op, {{"acc", acc, true}, {"prev_params", prev_params, true}}, params, &grads);
+  check_state_distinct(op, call, {{"acc", acc, true}, {"prev_params", prev_params, true}}, /*with_grads=*/true);
   for (size_t i = 0; i < params.size(); ++i) call.variant[i] = call.list1[i] != nullptr ? 1 : 0;
   call.flat = {acc.data_ptr(), prev_params.data_ptr(), nullptr, nullptr};
   R::apply(call, [](auto pt, auto st, uint8_t variant) {
@@ -175,8 +217,8 @@ void rwalk_score_update_impl(const at::Tensor& scores, const at::Tensor& loss_ac
   check_state_buffer(loss_acc, op, "loss_acc", call.total, call.state_dtype, call.device);
   check_state_buffer(ckpt_params, op, "ckpt_params", call.total, call.state_dtype, call.device);
   check_state_buffer(fisher, op, "fisher", call.total, call.state_dtype, call.device);
-  check_state_distinct(op, {{"scores", scores, true}, {"loss_acc", loss_acc, true},
-                            {"ckpt_params", ckpt_params, true}, {"fisher", fisher, false}}, params);
+  check_state_distinct(op, call, {{"scores", scores, true}, {"loss_acc", loss_acc, true},
+                            {"ckpt_params", ckpt_params, true}, {"fisher", fisher, false}});
   call.flat = {scores.data_ptr(), loss_acc.data_ptr(), ckpt_params.data_ptr(), fisher.data_ptr()};
   R::apply(call, [eps](auto pt, auto st, uint8_t) {
     using F = RWalkScoreUpdate<typename decltype(pt)::type, typename decltype(st)::type>;
@@ -195,8 +237,8 @@ void si_consolidate_impl(const at::Tensor& cum, const at::Tensor& importance, co
   check_state_buffer(importance, op, "importance", call.total, call.state_dtype, call.device);
   check_state_buffer(omega, op, "omega", call.total, call.state_dtype, call.device);
   check_state_buffer(anchor, op, "anchor", call.total, call.state_dtype, call.device);
-  check_state_distinct(op, {{"cum", cum, true}, {"importance", importance, true}, {"omega", omega, true},
-                            {"anchor", anchor, true}}, params);
+  check_state_distinct(op, call, {{"cum", cum, true}, {"importance", importance, true}, {"omega", omega, true},
+                            {"anchor", anchor, true}});
   call.flat = {cum.data_ptr(), importance.data_ptr(), omega.data_ptr(), anchor.data_ptr()};
   R::apply(call, [c, eps, clip](auto pt, auto st, uint8_t) {
     using F = SIConsolidate<typename decltype(pt)::type, typename decltype(st)::type>;

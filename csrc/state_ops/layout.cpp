@@ -106,18 +106,6 @@ void add_span(std::vector<ArgSpan>& spans, const char* name, const at::Tensor& t
   spans.push_back({name, index, begin, begin + (static_cast<uintptr_t>(last) + 1) * item, written});
 }
 
-void add_spans(std::vector<ArgSpan>& spans, const char* name, at::TensorList ts, bool written) {
-  for (size_t i = 0; i < ts.size(); ++i) add_span(spans, name, ts[i], written, static_cast<int64_t>(i));
-}
-
-void add_spans(std::vector<ArgSpan>& spans, const char* name, const c10::List<std::optional<at::Tensor>>& ts,
-               bool written) {
-  for (size_t i = 0; i < ts.size(); ++i) {
-    const std::optional<at::Tensor> t = ts.get(i);
-    if (t.has_value()) add_span(spans, name, *t, written, static_cast<int64_t>(i));
-  }
-}
-
 namespace {
 
 std::string span_name(const ArgSpan& s) {

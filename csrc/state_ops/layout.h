@@ -66,10 +66,6 @@ struct ArgSpan {
 
 // Appends the span of `t` (from its first to one past its last element, whatever its strides) to `spans`.
 void add_span(std::vector<ArgSpan>& spans, const char* name, const at::Tensor& t, bool written, int64_t index = -1);
-// Appends every entry of a list as `name[i]`.
-void add_spans(std::vector<ArgSpan>& spans, const char* name, at::TensorList ts, bool written);
-void add_spans(std::vector<ArgSpan>& spans, const char* name, const c10::List<std::optional<at::Tensor>>& ts,
-               bool written);
 
 // Refuses a call in which a written argument shares any byte with another argument (written or read): on
 // CUDA two blocks would then race on it, and even on the CPU an element could be read after it was
