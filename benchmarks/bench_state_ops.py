@@ -5,6 +5,9 @@ total size, it times (median over interleaved repetitions, all in one process):
 
 - penalty forward+backward (λΣΩ(θ−θ*)² and its gradient added to an existing ``.grad``),
 - MAS importance Ω += |g|, EWC++ Fisher F = αg² + (1−α)F, SI path integral ω −= g(θ−θ_old); θ_old = θ,
+- optimizer steps: SGD with momentum 0.9 and Adam alone (``torch.optim`` with ``foreach=True`` against
+  ``clfast.optim``), and the SGD step with the penalty (``sgd+penalty``: the penalty gradient written into
+  ``.grad`` and then torch.optim's step, against one fused ``sgd_step_``),
 
 for: ``loop`` (Avalanche-style Python loop over parameters), ``foreach`` (``torch._foreach_*``, the
 closed-form gradient written by hand), ``foreach+compile`` (the same under ``torch.compile``, penalty
@@ -29,11 +32,15 @@ import torch
 
 import clfast
 import clfast.ops as ops
+import clfast.optim
 from clfast.testing.bench import copy_bandwidth, device_name, time_contenders, write_results
 from clfast.testing.model_shapes import MODELS
 
 # Minimum fp32 memory traffic per parameter element (docs/performance-model.md).
-FLOOR_BYTES = {"penalty": 20, "mas": 12, "ewc": 12, "si": 24}
+# The steps: SGD reads θ, g, b and writes θ, b (20 B); Adam reads θ, g, m, v and writes θ, m, v (28 B); SGD with
+# the penalty inside also reads Ω and θ* (28 B; unfused, the penalty pass's 20 B come on top of the step's 20 B).
+FLOOR_BYTES = {"penalty": 20, "mas": 12, "ewc": 12, "si": 24, "sgd": 20, "adam": 28, "sgd+penalty": 28}
+LR, MOMENTUM = 1e-4, 0.9
 LAM, ALPHA = 0.5, 0.9
 
 
@@ -52,6 +59,13 @@ class Workload:
         self.per = {k: [t.view(p.shape) for t, p in zip(torch.split(v, sizes), self.params, strict=True)]
                     for k, v in self.flat.items()}
         self.grads = [p.grad for p in self.params]
+        #: Per contender, its optimizer (made at its first call).
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def optimizer(self, name: str, make: Callable[[list[torch.Tensor]], torch.optim.Optimizer]):
+        if name not in self.optimizers:
+            self.optimizers[name] = make(self.params)
+        return self.optimizers[name]
 
 
 # ---- peers -------------------------------------------------------------------------------------
@@ -136,12 +150,44 @@ def si_clfast(w: Workload) -> None:
     ops.path_integral_update_(w.flat["omega"], w.flat["prev"], w.params, check_finite=False)
 
 
+def _step(name: str, make: Callable[[list[torch.Tensor]], torch.optim.Optimizer]) -> Callable[[Workload], None]:
+    """A contender that steps its own optimizer over the workload's parameters and gradients."""
+    def run(w: Workload) -> None:
+        w.optimizer(name, make).step()
+    return run
+
+
+def _sgd_penalty_unfused(w: Workload) -> None:
+    # The unfused path at its best: clfast's fused penalty pass into .grad, then torch.optim's foreach step.
+    ops.quad_penalty_grad_(w.params, w.flat["imp"], w.flat["anchor"], LAM)
+    w.optimizer("unfused", lambda ps: torch.optim.SGD(ps, lr=LR, momentum=MOMENTUM, foreach=True)).step()
+
+
+def _sgd_penalty_loop(w: Workload) -> None:
+    penalty_loop(w)  # Avalanche's way: the penalty through autograd, then the for-loop step
+    w.optimizer("loop", lambda ps: torch.optim.SGD(ps, lr=LR, momentum=MOMENTUM, foreach=False)).step()
+
+
+def _sgd_penalty_fused(w: Workload) -> None:
+    opt = w.optimizer("fused", lambda ps: clfast.optim.SGD(ps, lr=LR, momentum=MOMENTUM))
+    opt.take_penalty(w.params, w.flat["imp"], w.flat["anchor"], LAM)
+    opt.step()
+    opt.pop_penalty_value()
+
+
 CONTENDERS: dict[str, dict[str, Callable[[Workload], object]]] = {
     "penalty": {"loop": penalty_loop, "foreach": penalty_foreach, "clfast-autograd": penalty_clfast_autograd,
                 "clfast": penalty_clfast},
     "mas": {"loop": mas_loop, "foreach": mas_foreach, "clfast": mas_clfast},
     "ewc": {"loop": ewc_loop, "foreach": ewc_foreach, "clfast": ewc_clfast},
     "si": {"loop": si_loop, "foreach": si_foreach, "clfast": si_clfast},
+    "sgd": {"loop": _step("loop", lambda ps: torch.optim.SGD(ps, lr=LR, momentum=MOMENTUM, foreach=False)),
+            "foreach": _step("foreach", lambda ps: torch.optim.SGD(ps, lr=LR, momentum=MOMENTUM, foreach=True)),
+            "clfast": _step("clfast", lambda ps: clfast.optim.SGD(ps, lr=LR, momentum=MOMENTUM))},
+    "adam": {"loop": _step("loop", lambda ps: torch.optim.Adam(ps, lr=LR, foreach=False)),
+             "foreach": _step("foreach", lambda ps: torch.optim.Adam(ps, lr=LR, foreach=True)),
+             "clfast": _step("clfast", lambda ps: clfast.optim.Adam(ps, lr=LR))},
+    "sgd+penalty": {"loop": _sgd_penalty_loop, "foreach": _sgd_penalty_unfused, "clfast": _sgd_penalty_fused},
 }
 
 
@@ -155,8 +201,11 @@ def check_against_loop(shapes, device: str) -> None:
         for name, fn in contenders.items():
             w = Workload(shapes, device, seed=7)
             fn(w)
-            key = {"penalty": None, "mas": "imp", "ewc": "fisher", "si": "omega"}[op]
-            outputs[name] = torch.cat([g.reshape(-1) for g in w.grads]) if key is None else w.flat[key].clone()
+            key = {"penalty": "grads", "mas": "imp", "ewc": "fisher", "si": "omega"}.get(op, "params")
+            if key in ("grads", "params"):
+                outputs[name] = torch.cat([t.detach().reshape(-1) for t in getattr(w, key)])
+            else:
+                outputs[name] = w.flat[key].clone()
         for name, out in outputs.items():
             torch.testing.assert_close(out, outputs["loop"], rtol=1e-4, atol=1e-5,
                                        msg=lambda m, op=op, name=name: f"{op}/{name} differs from loop: {m}")

@@ -111,6 +111,76 @@ def si_consolidate(cum: Tensor, importance: Tensor, omega: Tensor, anchor: Tenso
     return _cat(cums, cum), _cat(imps, importance), torch.zeros_like(omega), _cat(theta, anchor)
 
 
+def _penalised_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], importance: Tensor | None,
+                     anchor: Tensor | None, lam: float) -> tuple[list[Tensor | None], Tensor]:
+    """The gradient an optimizer step uses (grad + 2λ·Ω⊙(θ−θ*) with a penalty; None stays None) and the penalty
+    λ·Σ Ω⊙(θ−θ*)² over the params that have a grad (0 without a penalty)."""
+    if importance is None:
+        return [None if g is None else g.to(D) for g in grads], torch.zeros((), dtype=D)
+    pen = quad_penalty_grad(params, importance, anchor, lam)
+    out = [None if g is None else g.to(D) + pg for g, pg in zip(grads, pen, strict=True)]
+    kept = [i for i, g in enumerate(grads) if g is not None]
+    value = sum((_importance_term(params, importance, anchor, i) for i in kept), torch.zeros((), dtype=D))
+    return out, lam * value
+
+
+def _importance_term(params: Sequence[Tensor], importance: Tensor, anchor: Tensor, i: int) -> Tensor:
+    """Σ Ω_i ⊙ (θ_i − θ*_i)² of param i alone."""
+    w, a = _slices(params, importance)[i], _slices(params, anchor)[i]
+    return (w * (params[i].detach().to(D) - a) ** 2).sum()
+
+
+def sgd_step(params: Sequence[Tensor], grads: Sequence[Tensor | None], momentum_buffer: Tensor | None,
+             importance: Tensor | None, anchor: Tensor | None, lr: float, momentum: float, dampening: float,
+             weight_decay: float, nesterov: bool, maximize: bool, first: bool, lam: float
+             ) -> tuple[list[Tensor], Tensor | None, Tensor]:
+    """torch.optim.SGD's update of each param with a grad (the penalty inside): new params, momentum buffer, value."""
+    gs, value = _penalised_grads(params, grads, importance, anchor, lam)
+    bufs = _slices(params, momentum_buffer) if momentum_buffer is not None else [None] * len(params)
+    new_params, new_bufs = [], []
+    for p, g, b in zip(params, gs, bufs, strict=True):
+        theta = p.detach().to(D)
+        if g is None:
+            new_params.append(theta)
+            new_bufs.append(b)
+            continue
+        g = -g if maximize else g
+        g = g + weight_decay * theta
+        if b is not None:
+            b = g if first else momentum * b + (1 - dampening) * g
+            g = g + momentum * b if nesterov else b
+        new_params.append(theta - lr * g)
+        new_bufs.append(b)
+    buf = _cat(new_bufs, momentum_buffer) if momentum_buffer is not None else None
+    return new_params, buf, value
+
+
+def adam_step(params: Sequence[Tensor], grads: Sequence[Tensor | None], exp_avg: Tensor, exp_avg_sq: Tensor,
+              importance: Tensor | None, anchor: Tensor | None, lr: float, beta1: float, beta2: float, eps: float,
+              weight_decay: float, decoupled: bool, maximize: bool, step: int, lam: float
+              ) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """torch.optim.Adam's (AdamW's when decoupled) update of each param with a grad, the penalty inside: new
+    params, m, v, value."""
+    gs, value = _penalised_grads(params, grads, importance, anchor, lam)
+    new_params, ms, vs = [], [], []
+    for p, g, m, v in zip(params, gs, _slices(params, exp_avg), _slices(params, exp_avg_sq), strict=True):
+        theta = p.detach().to(D)
+        if g is not None:
+            g = -g if maximize else g
+            if decoupled:
+                theta = theta * (1 - lr * weight_decay)
+            else:
+                g = g + weight_decay * theta
+            m = m + (1 - beta1) * (g - m)
+            v = beta2 * v + (1 - beta2) * g * g
+            denom = v.sqrt() / (1 - beta2**step) ** 0.5 + eps
+            theta = theta - lr / (1 - beta1**step) * m / denom
+        new_params.append(theta)
+        ms.append(m)
+        vs.append(v)
+    return new_params, _cat(ms, exp_avg), _cat(vs, exp_avg_sq), value
+
+
 def state_max(state: Tensor) -> Tensor:
     """Global maximum (NaN propagates, as torch.max does)."""
     return state.max()

@@ -15,7 +15,8 @@ EMU_TESTS=${EMU_TESTS:-"tests/test_emulation.py tests/test_ops_reference.py test
   tests/test_ops_hostile.py tests/test_ops_hostile_scale.py tests/test_ops_registry.py tests/test_batch_renorm.py tests/test_state.py
   tests/test_plugin_common.py tests/test_plugin_ewc.py tests/test_plugin_mas.py tests/test_plugin_si.py
   tests/test_plugin_rwalk.py tests/test_avalanche_plugins_ref.py tests/test_training_hooks.py tests/test_ar1.py
-  tests/test_cwr_star.py tests/test_latent_replay.py tests/test_mobilenet.py tests/test_hostile_training.py"}
+  tests/test_cwr_star.py tests/test_latent_replay.py tests/test_mobilenet.py tests/test_hostile_training.py
+  tests/test_optim.py tests/test_optim_fusion.py"}
 # The part where the SM count changes the launch shapes (BRN splits), run at a second SM count, and under ASan.
 SPLIT_TESTS="tests/test_emulation.py tests/test_batch_renorm.py tests/test_ops_reference.py tests/test_ops_hostile.py
   tests/test_ops_hostile_scale.py"

@@ -56,9 +56,11 @@ def test_plugin_benchmark_runs_every_contender_and_writes_results(tmp_path):
     bench_plugins = _script("bench_plugins")
 
     result = bench_plugins.main(["--device", "cpu", "--models", "mlp", "--mlp-hidden", "32", "--batch", "8",
-                                 "--exp1-iters", "10", "--warmup", "1", "--reps", "2", "--out", str(tmp_path)])
+                                 "--exp1-iters", "10", "--warmup", "1", "--reps", "2", "--optimizer", "both",
+                                 "--momentum", "0.9", "--out", str(tmp_path)])
     rows = {(r["implementation"], r["plugin"]): r for r in result["rows"]}
-    assert set(rows) == {("naive", "-")} | {(i, p) for i in ("clfast", "avalanche") for p in bench_plugins.PLUGINS}
+    assert set(rows) == {("naive", "-"), ("naive+optim", "-")} | {
+        (i, p) for i in ("clfast", "clfast+optim", "avalanche") for p in bench_plugins.PLUGINS}
     assert not [r["error"] for r in rows.values() if "error" in r]
     for (impl, _), r in rows.items():  # a registered plugin without an Avalanche-style peer is reported as missing
         if "missing" in r:

@@ -3,6 +3,7 @@
 - :mod:`clfast.ops.state_ops`: the list/flat state ops (quadratic penalty, importance updates, RWalk and SI).
 - :mod:`clfast.ops.batch_renorm`: Batch Renormalization.
 - :mod:`clfast.ops.finite`: the NaN/inf checks the state ops run before they write.
+- :mod:`clfast.ops.optim`: the optimizer steps (SGD, Adam/AdamW) with the penalty optionally inside.
 
 Each op is one block in its family's module: the typed wrapper (named like the op), its fake (shape, dtype and
 device only, for ``torch.compile`` and meta tensors) and its autograd formula when it has one. The schemas are in
@@ -27,9 +28,10 @@ there shows up in the returned value.
 
 from __future__ import annotations
 
-from . import batch_renorm, finite, state_ops
+from . import batch_renorm, finite, optim, state_ops
 from .batch_renorm import *  # noqa: F403
 from .finite import *  # noqa: F403
+from .optim import *  # noqa: F403
 from .state_ops import *  # noqa: F403
 
-__all__ = [*finite.__all__, *state_ops.__all__, *batch_renorm.__all__]
+__all__ = [*finite.__all__, *state_ops.__all__, *optim.__all__, *batch_renorm.__all__]

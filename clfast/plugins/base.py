@@ -10,6 +10,11 @@ is written"):
 
 Between the two, ``.grad`` holds the gradient of everything else in ``strategy.loss``: RWalk reads its
 task gradient there, with no extra forward/backward.
+
+With a :mod:`clfast.optim` optimizer, the plugins that allow it (``FUSES_INTO_STEP``: MAS, EWC, RWalk; not
+SI) hand the penalty to the optimizer in ``before_update`` instead, so one fused pass applies its gradient
+and the step, and add the value the step returns to ``strategy.loss`` in ``after_update``
+(``docs/optim.md``). Where the optimizer cannot take it, the penalty is applied in ``before_update``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..optim.flat import FlatStepOptimizer
 from ..state import FlatState
 from ..training.plugins import SupervisedPlugin
 from .table import ParamTable
@@ -51,6 +57,9 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
     """
 
     STATE_NAME: ClassVar[str]
+    #: Whether the penalty may go into a clfast.optim step. False for SI: its path integral reads ``.grad`` with
+    #: the penalty gradient in it, which the fused step never writes there. (RWalk reads the task gradient.)
+    FUSES_INTO_STEP: ClassVar[bool] = True
     KINDS: ClassVar[Mapping[str, str]] = {"importance": "zeros", "anchor": "copy"}
     STAND_IN: ClassVar[str] = "anchor"
     WEIGHTS: ClassVar[str] = "importance"
@@ -61,6 +70,8 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
         self._table = ParamTable(self.KINDS, stand_in=self.STAND_IN, select=select)
         #: The NaN/inf checks of the per-iteration state updates (``docs/plugins.md``, "What is checked when").
         self._finite = ops.FiniteGuard()
+        #: λ of this iteration's penalty while it waits for the optimizer step, else None.
+        self._into_step: float | None = None
 
     def set_finite_check(self, mode: str = "auto", every: int | None = None) -> None:
         """When the NaN/inf checks of the state updates raise (``docs/plugins.md``, "What is checked when").
@@ -120,29 +131,65 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
         if self._table.state is not None:  # eval may have adapted (grown) the model
             self._follow_model(strategy.model)
 
-    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
-        """``strategy.loss += λ·Σ Ω⊙(θ−θ*)² + λ·C``, detached (one fused read of θ, θ*, Ω)."""
-        if not self._penalty_active(strategy):
-            return
-        lam = self._penalty_strength(strategy)
-        params = self._table.tensors(strategy.model)
-        with torch.no_grad():
-            value = ops.quad_penalty(params, self._table[self.WEIGHTS], self._table[self.ANCHOR], lam)
+    def _add_value(self, strategy: Any, value: Tensor, lam: float) -> None:
+        """``strategy.loss += value + λ·C``, detached."""
         const = self._penalty_constant()
         if const:
             value = value + lam * const
         strategy.loss += value.detach().to(device=strategy.loss.device, dtype=strategy.loss.dtype)
 
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """``strategy.loss += λ·Σ Ω⊙(θ−θ*)² + λ·C``, detached (one fused read of θ, θ*, Ω); with a clfast.optim
+        optimizer, nothing yet (the penalty waits for ``before_update``)."""
+        self._into_step = None
+        if not self._penalty_active(strategy):
+            return
+        lam = self._penalty_strength(strategy)
+        params = self._table.tensors(strategy.model)
+        if self.FUSES_INTO_STEP and params and isinstance(getattr(strategy, "optimizer", None), FlatStepOptimizer):
+            self._into_step = lam
+            return
+        with torch.no_grad():
+            value = ops.quad_penalty(params, self._table[self.WEIGHTS], self._table[self.ANCHOR], lam)
+        self._add_value(strategy, value, lam)
+
     def after_backward(self, strategy: Any, **kwargs: Any) -> None:
         """``.grad += 2λΩ⊙(θ−θ*)`` in one fused pass (:func:`clfast.ops.quad_penalty_grad_` says what
         happens to parameters without a gradient)."""
-        if not self._penalty_active(strategy):
+        if not self._penalty_active(strategy) or self._into_step is not None:
             return
         lam = self._penalty_strength(strategy)
         params = self._table.tensors(strategy.model)
         if params:
             ops.quad_penalty_grad_(params, self._table[self.WEIGHTS], self._table[self.ANCHOR], lam,
                                    penalised=self._penalty_mask())
+
+    def before_update(self, strategy: Any, **kwargs: Any) -> None:
+        """The waiting penalty goes into the optimizer's step; if the optimizer cannot take it (another
+        penalty is in, the layout or a missing gradient differs), value and gradient are applied here."""
+        lam = self._into_step
+        if lam is None:
+            return
+        params = self._table.tensors(strategy.model)
+        weights, anchor = self._table[self.WEIGHTS], self._table[self.ANCHOR]
+        all_active = all(self._table.active)
+        if all_active and strategy.optimizer.take_penalty(params, weights, anchor, lam):
+            return
+        self._into_step = None
+        value = ops.quad_penalty_grad_(params, weights, anchor, lam, penalised=self._penalty_mask())
+        self._add_value(strategy, value, lam)
+
+    def after_update(self, strategy: Any, **kwargs: Any) -> None:
+        """The value of the penalty the step took (at the parameters before the step) joins ``strategy.loss``."""
+        lam, self._into_step = self._into_step, None
+        if lam is None:
+            return
+        value = strategy.optimizer.pop_penalty_value()
+        if value is None:  # no step ran (the parameters are unchanged): the value as the unfused path reports it
+            with torch.no_grad():
+                value = ops.quad_penalty(self._table.tensors(strategy.model), self._table[self.WEIGHTS],
+                                         self._table[self.ANCHOR], lam)
+        self._add_value(strategy, value, lam)
 
     # -- state ----------------------------------------------------------------------------------------
     def _hparams(self) -> dict[str, Any]:

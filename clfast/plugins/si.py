@@ -63,6 +63,9 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
     """
 
     STATE_NAME = "SynapticIntelligencePlugin"
+    # Its path integral reads .grad after the step, with the penalty gradient in it (as Avalanche's), which the
+    # fused step never writes there: the penalty stays out of the step (fusing ω into it is the next step).
+    FUSES_INTO_STEP = False
     #: θ*, Ω, the path integral ω, its running sum over experiences and the θ_old snapshot.
     KINDS: ClassVar[Mapping[str, str]] = {"anchor": "copy", "importance": "zeros", "omega": "zeros",
                                           "cum": "zeros", "prev": "copy"}

@@ -91,3 +91,9 @@ def brn_tol(act_dtype: torch.dtype, stat_dtype: torch.dtype) -> dict[str, float]
     if act_dtype == torch.float64 and stat_dtype == torch.float64:
         return {"rtol": 1e-10, "atol": 1e-10}
     return {"rtol": 1e-4, "atol": 1e-4}
+
+
+def max_relative_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """max over parameters of max|a − b| / max|a|: how far two trainings of one architecture ended apart."""
+    return max(((p - q).abs().max() / p.abs().max()).item()
+               for p, q in zip(a.parameters(), b.parameters(), strict=True))

@@ -38,6 +38,13 @@ _HYPER: dict[str, list[tuple[str, tuple[float, ...], tuple[float, ...]]]] = {
     "rwalk_score_update_": [("eps", (1e-7, 1e-3), (0.0, -1.0, math.nan, math.inf))],
     "si_consolidate_": [("c", (1.0, 0.5), (math.nan, math.inf)), ("eps", (1e-7, 1e-3), (0.0, math.nan)),
                         ("clip", (1e-3, 0.1), (math.nan,))],
+    # momentum's valid value follows the buffer (given exactly when momentum != 0): see _consistent.
+    "sgd_step_": [("lr", (0.0, 0.1), (-1.0, math.nan)), ("momentum", (0.9,), (-0.5, math.inf)),
+                  ("dampening", (0.0, 0.1), (math.nan, math.inf)), ("weight_decay", (0.0, 0.01), (-0.1, math.nan)),
+                  ("lam", (0.0, 0.5), (math.nan, math.inf))],
+    "adam_step_": [("lr", (0.0, 1e-2), (-1.0, math.nan)), ("beta1", (0.0, 0.3, 0.9), (1.0, -0.1, math.nan)),
+                   ("beta2", (0.9, 0.999), (1.0, math.nan)), ("eps", (0.0, 1e-8), (-1e-8, math.inf)),
+                   ("weight_decay", (0.0, 0.01), (-0.1, math.nan)), ("lam", (0.0, 0.5), (math.nan, math.inf))],
 }
 #: The ops this generator covers: every list/flat op with model tensors and flat state.
 STATE_OPS = tuple(_HYPER)
@@ -94,11 +101,19 @@ def _valid(info: OpInfo, rng: random.Random, device: str) -> tuple[dict[str, Any
         elif name == "grad_out":
             out[name] = _tensor(rng, (), sdt, device)
         elif typ == "Tensor":  # a flat state buffer; RWalk's Fisher and MAS's importance are >= 0
-            out[name] = _tensor(rng, (total,), sdt, device, positive=name in ("fisher", "importance"))
+            out[name] = _tensor(rng, (total,), sdt, device, positive=name in ("fisher", "importance", "exp_avg_sq"))
+        elif typ == "Optional[Tensor]":  # an optimizer step's optional state: momentum, the penalty's Ω and θ*
+            present = rng.random() < 0.6
+            out[name] = _tensor(rng, (total,), sdt, device, positive=name == "importance") if present else None
         elif name == "grad_mode":
             out[name] = [rng.randint(0, 2) for _ in params]
+        elif typ == "bool":
+            out[name] = rng.random() < 0.5
+        elif name == "step":
+            out[name] = rng.randint(1, 5)
         else:
             out[name] = rng.choice(hyper[name][1])
+    _consistent(info.name, out, sdt, device)
     if info.name in _NAN_OK and params and rng.random() < 0.15:
         lst = out["grads" if "grads" in out and rng.random() < 0.5 else "params"]
         nonempty = [i for i, t in enumerate(lst) if t is not None and t.numel()]
@@ -107,6 +122,23 @@ def _valid(info: OpInfo, rng: random.Random, device: str) -> tuple[dict[str, Any
             lst[i] = lst[i].clone()
             lst[i].view(-1)[rng.randrange(lst[i].numel())] = rng.choice([math.nan, math.inf, -math.inf])
     return out, mdt, sdt
+
+
+def _consistent(op: str, call: dict[str, Any], state_dtype: torch.dtype, device: str) -> None:
+    """The ties between a step's arguments that a valid call keeps: Ω and θ* together; SGD's momentum buffer
+    exactly when momentum != 0, and Nesterov only with momentum and no dampening. A call without any tensor
+    cannot be dispatched (torch raises NotImplementedError), so an SGD step of no params gets an empty penalty."""
+    if op not in ("sgd_step_", "adam_step_"):
+        return
+    if call["importance"] is None or call["anchor"] is None:
+        call["importance"] = call["anchor"] = None
+    if op == "sgd_step_":
+        if not call["params"] and call["momentum_buffer"] is None and call["importance"] is None:
+            call["importance"], call["anchor"] = (torch.zeros(0, dtype=state_dtype, device=device) for _ in range(2))
+        if call["momentum_buffer"] is None:
+            call["momentum"] = 0.0
+        if call["momentum"] == 0.0 or call["dampening"] != 0.0:
+            call["nesterov"] = False
 
 
 def _transposed(t: Tensor) -> Tensor:
@@ -118,11 +150,15 @@ def _mutate(info: OpInfo, call: dict[str, Any], rng: random.Random, device: str,
             other_device: str | None) -> tuple[str, tuple[str, ...]]:
     """Break ``call`` in one random way (in place); returns (what was done, the names an error may name)."""
     schema = _schema_args(info)
-    states = [n for n, t, _ in schema if t == "Tensor" and n != "grad_out"]
-    written = [n for n, t, w in schema if t == "Tensor" and w]
+    # The state buffers of this call (an optimizer step's optional ones only when given).
+    states = [n for n, t, _ in schema if t in ("Tensor", "Optional[Tensor]") and n != "grad_out"
+              and call[n] is not None]
+    written = [n for n, t, w in schema if n in states and w]
     lists = [n for n, t, _ in schema if t in ("List[Optional[Tensor]]", "List[Tensor]") and n != "params"]
     params: list[Tensor] = call["params"]
-    kinds = ["state_short", "state_int", "state_2d", "state_strided", "param_int", "hyper"]
+    kinds = ["param_int", "hyper"]
+    if states:
+        kinds += ["state_short", "state_int", "state_2d", "state_strided"]
     if len(states) > 1:
         kinds.append("state_dtype_mix")
     transposable = [i for i, p in enumerate(params) if p.dim() >= 2 and not _transposed(p).is_contiguous()]

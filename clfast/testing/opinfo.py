@@ -182,6 +182,30 @@ def _si_samples(c, imp, anchor, x, y, grads_opt):
     return [(x.clone(), y.clone(), imp.clone(), anchor.clone(), c.params, 1.0, 1e-7, 1e-3)]
 
 
+def _fresh(params: Sequence[Tensor]) -> list[Tensor]:
+    """Detached copies of the model tensors, for an op that writes them."""
+    return [p.detach().clone() for p in params]
+
+
+@_sampler
+def _sgd_samples(c, imp, anchor, x, y, grads_opt):
+    """With momentum (first step, Nesterov), a penalty, maximize; and plain SGD (no state at all)."""
+    return [(_fresh(c.params), grads_opt, x.clone(), imp, anchor, 0.1, 0.9, 0.0, 0.01, True, False, True, 0.5),
+            (_fresh(c.params), grads_opt, x.clone(), None, None, 0.1, 0.9, 0.2, 0.0, False, True, False, 0.0),
+            (_fresh(c.params), c.grads, None, imp, anchor, 0.05, 0.0, 0.0, 0.1, False, False, False, 2.0),
+            (_fresh(c.params), c.grads, None, None, None, 0.05, 0.0, 0.0, 0.0, False, False, False, 0.0)]
+
+
+@_sampler
+def _adam_samples(c, imp, anchor, x, y, grads_opt):
+    """Adam with L2 and a penalty at step 1; AdamW, maximize, low betas (torch's other lerp form) at step 7."""
+    m, v = x.clone() * 0.1, y.abs() * 0.01
+    return [(_fresh(c.params), grads_opt, torch.zeros_like(m), torch.zeros_like(v), imp, anchor, 1e-2, 0.9, 0.999,
+             1e-8, 0.01, False, False, 1, 0.5),
+            (_fresh(c.params), c.grads, m.clone(), v.clone(), None, None, 1e-3, 0.3, 0.9, 1e-6, 0.1, True, True, 7,
+             0.0)]
+
+
 @_sampler
 def _state_max_samples(c, imp, anchor, x, y, grads_opt):
     return [(x,)]
@@ -263,6 +287,7 @@ def _state_tol(model_dtype: torch.dtype, state_dtype: torch.dtype) -> dict[str, 
 
 
 _STATE = {"family": "state_ops", "module": "clfast.ops.state_ops", "tol": _state_tol}
+_OPTIM = {"family": "state_ops", "module": "clfast.ops.optim", "tol": _state_tol}
 _BRN = {"family": "batch_renorm", "module": "clfast.ops.batch_renorm", "tol": brn_tol}
 
 OPS: list[OpInfo] = [
@@ -281,6 +306,8 @@ OPS: list[OpInfo] = [
     OpInfo("si_consolidate_", samples=_si_samples, reference=ref.si_consolidate, inplace=True, **_STATE),
     OpInfo("state_max", samples=_state_max_samples, reference=ref.state_max, **_STATE),
     OpInfo("rwalk_penalty_weights", samples=_rwalk_weights_samples, reference=ref.rwalk_penalty_weights, **_STATE),
+    OpInfo("sgd_step_", samples=_sgd_samples, reference=ref.sgd_step, inplace=True, **_OPTIM),
+    OpInfo("adam_step_", samples=_adam_samples, reference=ref.adam_step, inplace=True, **_OPTIM),
     OpInfo("nonfinite_flags", family="state_ops", module="clfast.ops.finite", samples=_nonfinite_samples,
            reference=ref.nonfinite_flags),
     OpInfo("batch_renorm_forward", samples=_brn_forward_samples, reference=ref.batch_renorm_forward,

@@ -193,4 +193,84 @@ CLFAST_HD bool is_finite_value(A x) {
   return (x - x) == (x - x);
 }
 
+// ---- optimizer steps, with the quadratic penalty inside ------------------------------------------------------------
+// Both steps first form the gradient the optimizer sees, g = grad + 2 lam Omega (theta - theta*) when a penalty is
+// given (what quad_penalty_grad_ would have written into .grad), and return Omega (theta - theta*)^2 at the
+// parameters before the step (the driver multiplies the sum by lam). Then torch.optim's update, element by element.
+// l[0] = theta (written), l[1] = grad; the flat buffers are the optimizer state, then Omega and theta*.
+
+// g with the penalty; `value` gets Omega (theta - theta*)^2 (0 without a penalty).
+template <typename A, typename P>
+CLFAST_HD A penalised_gradient(A theta, A grad, const P* omega, const P* anchor, int64_t k, A coef, A& value) {
+  if (omega == nullptr) {
+    value = A(0);
+    return grad;
+  }
+  const A d = theta - static_cast<A>(anchor[k]);
+  const A w = static_cast<A>(omega[k]);
+  value = w * d * d;
+  return grad + coef * w * d;
+}
+
+// torch.optim.SGD: g = ±grad + wd theta; with momentum, b = g on the first step, else b = mu b + (1 - dampening) g,
+// and g = g + mu b (Nesterov) or b; theta -= lr g.  f[0] = momentum buffer (null without momentum), f[1] = Omega,
+// f[2] = theta* (both null without a penalty).
+template <typename T, typename P>
+struct SgdStep {
+  using A = opmath_t<T, P>;
+  static constexpr bool kReduces = true;
+  // 1 - dampening comes from the host in double, as torch.optim computes it (1 - 0.9f is not 0.1f).
+  A lr, momentum, one_minus_dampening, weight_decay, coef;  // coef = 2 lam
+  bool nesterov, maximize, first;
+  CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    const A theta = static_cast<A>(p.l[0][k]);
+    A value;
+    A g = penalised_gradient(theta, static_cast<A>(p.l[1][k]), p.f[1], p.f[2], k, coef, value);
+    if (maximize) g = -g;
+    if (weight_decay != A(0)) g += weight_decay * theta;
+    if (p.f[0] != nullptr) {
+      const A b = first ? g : momentum * static_cast<A>(p.f[0][k]) + one_minus_dampening * g;
+      p.f[0][k] = static_cast<P>(b);
+      g = nesterov ? g + momentum * b : b;
+    }
+    p.l[0][k] = static_cast<T>(theta - lr * g);
+    return value;
+  }
+};
+
+// torch.optim.Adam / AdamW: g = ±grad (+ wd theta for Adam; AdamW decays theta by 1 - lr wd instead);
+// m = lerp(m, g, 1 - beta1) (torch's lerp: two forms around weight 0.5); v = beta2 v + (1 - beta2) g^2;
+// theta -= step_size m / (sqrt(v) / bc2_sqrt + eps), with step_size = lr / (1 - beta1^t) and
+// bc2_sqrt = sqrt(1 - beta2^t) computed on the host.  f[0] = m, f[1] = v, f[2] = Omega, f[3] = theta*.
+template <typename T, typename P>
+struct AdamStep {
+  using A = opmath_t<T, P>;
+  static constexpr bool kReduces = true;
+  // The complements 1 - beta1, 1 - beta2 and AdamW's factor 1 - lr wd come from the host in double, as torch.optim
+  // computes them: in float, 1 - 0.999f is 1.00005e-3, a relative error of 5e-5 in every second-moment update.
+  A one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, coef, step_size, bc2_sqrt;
+  bool decoupled, maximize;
+  CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    A theta = static_cast<A>(p.l[0][k]);
+    A value;
+    A g = penalised_gradient(theta, static_cast<A>(p.l[1][k]), p.f[2], p.f[3], k, coef, value);
+    if (maximize) g = -g;
+    if (weight_decay != A(0)) {
+      if (decoupled) {
+        theta *= decay;
+      } else {
+        g += weight_decay * theta;
+      }
+    }
+    const A w = one_minus_beta1;
+    const A m_old = static_cast<A>(p.f[0][k]);
+    const A m = w < A(0.5) ? m_old + w * (g - m_old) : g - (g - m_old) * (A(1) - w);
+    const A v = beta2 * static_cast<A>(p.f[1][k]) + one_minus_beta2 * g * g;
+    p.f[0][k] = static_cast<P>(m);
+    p.f[1][k] = static_cast<P>(v);
+    p.l[0][k] = static_cast<T>(theta - step_size * (m / (std::sqrt(v) / bc2_sqrt + eps)));
+    return value;
+  }
+};
+
 }  // namespace clfast

@@ -16,6 +16,7 @@
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <initializer_list>
 #include <optional>
 #include <utility>
@@ -43,12 +44,12 @@ inline uintptr_t entry_bytes(const ListFlatCall& call, size_t i) {
                                 static_cast<int64_t>(c10::elementSize(call.dtype[i])));
 }
 
-// params (list0, read). A param that is exactly its own slice of one of `own_slice_of` (same dtype, starting at
+// params (list0), written or read. A read param that is exactly its own slice of one of `own_slice_of` (same dtype, starting at
 // the entry's offset) is left out: every element of the list/flat ops is read and then written by one thread at
 // one index, so that is an in-place alias, not a race. Plugins pass such views (slices of the anchor) as
 // stand-ins for parameters the model lacks; the flat buffer itself is still checked against everything else,
 // which covers them.
-inline void add_param_spans(std::vector<ArgSpan>& spans, const ListFlatCall& call,
+inline void add_param_spans(std::vector<ArgSpan>& spans, const ListFlatCall& call, bool written,
                             const std::vector<uintptr_t>& own_slice_of = {}) {
   const size_t state_item = c10::elementSize(call.state_dtype);
   for (size_t i = 0; i < call.size(); ++i) {
@@ -59,7 +60,7 @@ inline void add_param_spans(std::vector<ArgSpan>& spans, const ListFlatCall& cal
       const auto offset = static_cast<uintptr_t>(call.offsets[i]) * state_item;
       for (const uintptr_t flat : own_slice_of) own_slice = own_slice || begin == flat + offset;
     }
-    if (!own_slice) spans.push_back({"params", static_cast<int64_t>(i), begin, begin + entry_bytes(call, i), false});
+    if (!own_slice) spans.push_back({"params", static_cast<int64_t>(i), begin, begin + entry_bytes(call, i), written});
   }
 }
 
@@ -83,7 +84,7 @@ inline void check_state_distinct(const char* op, const ListFlatCall& call, std::
     add_span(spans, f.name, f.t, f.written);
     flat_begins.push_back(reinterpret_cast<uintptr_t>(f.t.data_ptr()));
   }
-  add_param_spans(spans, call, flat_begins);
+  add_param_spans(spans, call, /*written=*/false, flat_begins);
   if (with_grads) add_list1_spans(spans, call, "grads", /*written=*/false);
   check_distinct(op, std::move(spans));
 }
@@ -152,7 +153,7 @@ at::Tensor quad_penalty_grad_impl(at::TensorList grads, at::TensorList params, c
   std::vector<ArgSpan> spans;
   spans.reserve(2 * call.size() + 2);
   add_list1_spans(spans, call, "grads", /*written=*/true);  // a skipped entry's grads[i] is not in list1
-  add_param_spans(spans, call);
+  add_param_spans(spans, call, /*written=*/false);
   add_span(spans, "importance", importance, false);
   add_span(spans, "anchor", anchor, false);
   check_distinct(op, std::move(spans));
@@ -247,6 +248,109 @@ void si_consolidate_impl(const at::Tensor& cum, const at::Tensor& importance, co
   });
 }
 
+// ---- optimizer steps (torch.optim.SGD / Adam / AdamW), the penalty optionally inside ---------------------------
+
+// The optional penalty of a step: Omega and theta* both or neither, as flat buffers of the call; lam finite.
+inline void check_step_penalty(const char* op, const ListFlatCall& call, const std::optional<at::Tensor>& importance,
+                               const std::optional<at::Tensor>& anchor, double lam) {
+  const bool has_omega = importance.has_value() && importance->defined();
+  const bool has_anchor = anchor.has_value() && anchor->defined();
+  TORCH_CHECK(has_omega == has_anchor, op, ": importance and anchor go together (the penalty needs both)");
+  check_lambda(op, "lam", lam);
+  if (!has_omega) return;
+  check_state_buffer(*importance, op, "importance", call.total, call.state_dtype, call.device);
+  check_state_buffer(*anchor, op, "anchor", call.total, call.state_dtype, call.device);
+}
+
+inline void* data_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr() : nullptr;
+}
+
+// params are written, so no view of a state buffer may stand in for one here.
+inline void check_step_distinct(const char* op, const ListFlatCall& call, std::initializer_list<FlatArg> flats) {
+  std::vector<ArgSpan> spans;
+  spans.reserve(flats.size() + 2 * call.size());
+  for (const FlatArg& f : flats) add_span(spans, f.name, f.t, f.written);
+  add_param_spans(spans, call, /*written=*/true);
+  add_list1_spans(spans, call, "grads", /*written=*/false);
+  check_distinct(op, std::move(spans));
+}
+
+inline void check_nonnegative(const char* op, const char* what, double value) {
+  TORCH_CHECK(std::isfinite(value) && value >= 0.0, op, ": ", what, " must be finite and >= 0, got ", value);
+}
+
+template <class R>
+at::Tensor sgd_step_impl(at::TensorList params, const OptTensorList& grads,
+                         const std::optional<at::Tensor>& momentum_buffer, const std::optional<at::Tensor>& importance,
+                         const std::optional<at::Tensor>& anchor, double lr, double momentum, double dampening,
+                         double weight_decay, bool nesterov, bool maximize, bool first, double lam) {
+  constexpr const char* op = "clfast::sgd_step_";
+  check_nonnegative(op, "lr", lr);
+  check_nonnegative(op, "momentum", momentum);
+  TORCH_CHECK(std::isfinite(dampening), op, ": dampening must be finite, got ", dampening);
+  check_nonnegative(op, "weight_decay", weight_decay);
+  TORCH_CHECK(!nesterov || (momentum > 0.0 && dampening == 0.0), op,
+              ": nesterov needs momentum > 0 and dampening 0");
+  const bool has_buffer = momentum_buffer.has_value() && momentum_buffer->defined();
+  TORCH_CHECK(has_buffer == (momentum != 0.0), op, ": momentum_buffer must be given exactly when momentum != 0 (",
+              "momentum ", momentum, ", buffer ", has_buffer ? "given" : "missing", ")");
+  const bool has_omega = importance.has_value() && importance->defined();
+  ListFlatCall call = has_buffer  ? make_call(op, params, *momentum_buffer, "momentum_buffer")
+                      : has_omega ? make_call(op, params, *importance, "importance")
+                                  : make_stateless_call(op, params);
+  check_step_penalty(op, call, importance, anchor, lam);
+  add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
+  const at::Tensor none;
+  check_step_distinct(op, call, {{"momentum_buffer", has_buffer ? *momentum_buffer : none, true},
+                                 {"importance", has_omega ? *importance : none, false},
+                                 {"anchor", has_omega ? *anchor : none, false}});
+  call.flat = {data_or_null(momentum_buffer), data_or_null(importance), data_or_null(anchor), nullptr};
+  const double coef = 2.0 * lam;
+  return R::reduce(call, [=](auto pt, auto st, uint8_t) {
+    using F = SgdStep<typename decltype(pt)::type, typename decltype(st)::type>;
+    using A = typename F::A;
+    return F{static_cast<A>(lr), static_cast<A>(momentum), static_cast<A>(1.0 - dampening),
+             static_cast<A>(weight_decay), static_cast<A>(coef), nesterov, maximize, first};
+  }, has_omega ? lam : 0.0);
+}
+
+template <class R>
+at::Tensor adam_step_impl(at::TensorList params, const OptTensorList& grads, const at::Tensor& exp_avg,
+                          const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& importance,
+                          const std::optional<at::Tensor>& anchor, double lr, double beta1, double beta2, double eps,
+                          double weight_decay, bool decoupled, bool maximize, int64_t step, double lam) {
+  constexpr const char* op = "clfast::adam_step_";
+  check_nonnegative(op, "lr", lr);
+  TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0, op, ": beta1 must be in [0, 1), got ", beta1);
+  TORCH_CHECK(beta2 >= 0.0 && beta2 < 1.0, op, ": beta2 must be in [0, 1), got ", beta2);
+  check_nonnegative(op, "eps", eps);
+  check_nonnegative(op, "weight_decay", weight_decay);
+  TORCH_CHECK(step >= 1, op, ": step must be >= 1 (the count after this step), got ", step);
+  ListFlatCall call = make_call(op, params, exp_avg, "exp_avg");
+  check_state_buffer(exp_avg_sq, op, "exp_avg_sq", call.total, call.state_dtype, call.device);
+  check_step_penalty(op, call, importance, anchor, lam);
+  add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
+  const bool has_omega = importance.has_value() && importance->defined();
+  const at::Tensor none;
+  check_step_distinct(op, call, {{"exp_avg", exp_avg, true}, {"exp_avg_sq", exp_avg_sq, true},
+                                 {"importance", has_omega ? *importance : none, false},
+                                 {"anchor", has_omega ? *anchor : none, false}});
+  call.flat = {exp_avg.data_ptr(), exp_avg_sq.data_ptr(), data_or_null(importance), data_or_null(anchor)};
+  // As torch.optim computes them, in double on the host: 1 - beta1^t and (1 - beta2^t)^0.5.
+  const auto t = static_cast<double>(step);
+  const double step_size = lr / (1.0 - std::pow(beta1, t));
+  const double bc2_sqrt = std::pow(1.0 - std::pow(beta2, t), 0.5);
+  const double coef = 2.0 * lam;
+  return R::reduce(call, [=](auto pt, auto st, uint8_t) {
+    using F = AdamStep<typename decltype(pt)::type, typename decltype(st)::type>;
+    using A = typename F::A;
+    return F{static_cast<A>(1.0 - beta1), static_cast<A>(beta2), static_cast<A>(1.0 - beta2), static_cast<A>(eps),
+             static_cast<A>(weight_decay), static_cast<A>(1.0 - lr * weight_decay), static_cast<A>(coef),
+             static_cast<A>(step_size), static_cast<A>(bc2_sqrt), decoupled, maximize};
+  }, has_omega ? lam : 0.0);
+}
+
 inline void check_flat(const char* op, const char* what, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), op, ": ", what, " is undefined");
   check_state_buffer(t, op, what, t.numel(), t.scalar_type(), t.device());
@@ -303,4 +407,6 @@ at::Tensor nonfinite_flags_impl(at::TensorList tensors) {
     (m).impl("state_max", &::clfast::state_max_impl<Runner>);                           \
     (m).impl("rwalk_penalty_weights", &::clfast::rwalk_penalty_weights_impl<Runner>);   \
     (m).impl("nonfinite_flags", &::clfast::nonfinite_flags_impl<Runner>);               \
+    (m).impl("sgd_step_", &::clfast::sgd_step_impl<Runner>);                            \
+    (m).impl("adam_step_", &::clfast::adam_step_impl<Runner>);                          \
   } while (0)

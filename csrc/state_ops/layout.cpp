@@ -31,12 +31,10 @@ void check_state_buffer(const at::Tensor& t, const char* op, const char* what, i
               " elements but the parameters have ", expected_numel, " in total");
 }
 
-ListFlatCall make_call(const char* op, at::TensorList params, const at::Tensor& state_ref,
-                       const char* state_name) {
-  TORCH_CHECK(state_ref.defined(), op, ": ", state_name, " is undefined");
-  ListFlatCall call;
-  call.device = state_ref.device();
-  call.state_dtype = state_ref.scalar_type();
+namespace {
+
+// The model-tensor half of make_call: each param defined, of a model dtype, on call.device and contiguous.
+void fill_params(ListFlatCall& call, const char* op, at::TensorList params, const char* device_owner) {
   const size_t n = params.size();
   call.offsets.resize(n + 1);
   call.list0.resize(n);
@@ -50,7 +48,7 @@ ListFlatCall make_call(const char* op, at::TensorList params, const at::Tensor& 
     TORCH_CHECK(p.defined(), op, ": params[", i, "] is undefined");
     TORCH_CHECK(is_model_dtype(p.scalar_type()), op, ": params[", i,
                 "] must be float32, float64, bfloat16 or float16, got ", p.scalar_type());
-    TORCH_CHECK(p.device() == call.device, op, ": params[", i, "] is on ", p.device(), " but ", state_name,
+    TORCH_CHECK(p.device() == call.device, op, ": params[", i, "] is on ", p.device(), " but ", device_owner,
                 " is on ", call.device);
     TORCH_CHECK(p.is_contiguous(), op, ": params[", i, "] (shape ", p.sizes(), ", strides ", p.strides(),
                 ") is not contiguous; pass .contiguous() tensors");
@@ -61,7 +59,26 @@ ListFlatCall make_call(const char* op, at::TensorList params, const at::Tensor& 
   }
   call.offsets[n] = total;
   call.total = total;
-  check_state_buffer(state_ref, op, state_name, total, call.state_dtype, call.device);
+}
+
+}  // namespace
+
+ListFlatCall make_call(const char* op, at::TensorList params, const at::Tensor& state_ref,
+                       const char* state_name) {
+  TORCH_CHECK(state_ref.defined(), op, ": ", state_name, " is undefined");
+  ListFlatCall call;
+  call.device = state_ref.device();
+  call.state_dtype = state_ref.scalar_type();
+  fill_params(call, op, params, state_name);
+  check_state_buffer(state_ref, op, state_name, call.total, call.state_dtype, call.device);
+  return call;
+}
+
+ListFlatCall make_stateless_call(const char* op, at::TensorList params) {
+  ListFlatCall call;
+  call.device = params.empty() || !params[0].defined() ? at::Device(at::kCPU) : params[0].device();
+  call.state_dtype = at::kFloat;
+  fill_params(call, op, params, "params[0]");
   return call;
 }
 

@@ -42,6 +42,9 @@ void check_state_buffer(const at::Tensor& t, const char* op, const char* what, i
 // state's device; the numel sum must equal state_ref.numel(). Fills total/offsets/list0/dtype.
 ListFlatCall make_call(const char* op, at::TensorList params, const at::Tensor& state_ref,
                        const char* state_name);
+// The same for a call without flat buffers (an optimizer step with no state): the device is params[0]'s,
+// the state dtype float32 (the arithmetic is then the model dtype's opmath_t).
+ListFlatCall make_stateless_call(const char* op, at::TensorList params);
 
 // Validates a gradient list against the params of `call` (same length; each None or of the
 // param's shape, dtype and device, contiguous) and stores the pointers in list1. Tensors
