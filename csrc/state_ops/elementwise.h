@@ -198,37 +198,41 @@ CLFAST_HD bool is_finite_value(A x) {
 // given (what quad_penalty_grad_ would have written into .grad), and return Omega (theta - theta*)^2 at the
 // parameters before the step (the driver multiplies the sum by lam). Then torch.optim's update, element by element.
 // l[0] = theta (written), l[1] = grad; the flat buffers are the optimizer state, then Omega and theta*.
+// Whether there is a momentum buffer and a penalty are template parameters, the other options selects, so that the
+// CPU loops have no branch and vectorise.
 
-// g with the penalty; `value` gets Omega (theta - theta*)^2 (0 without a penalty).
-template <typename A, typename P>
-CLFAST_HD A penalised_gradient(A theta, A grad, const P* omega, const P* anchor, int64_t k, A coef, A& value) {
-  if (omega == nullptr) {
+// g with the penalty (Omega = f[iw], theta* = f[iw + 1]); `value` gets Omega (theta - theta*)^2, 0 without.
+template <bool kPenalty, int iw, typename T, typename P, typename A>
+CLFAST_HD A penalised_gradient(const Ptrs<T, P>& p, int64_t k, A theta, A coef, A& value) {
+  const A grad = static_cast<A>(p.l[1][k]);
+  if constexpr (kPenalty) {
+    const A d = theta - static_cast<A>(p.f[iw + 1][k]);
+    const A w = static_cast<A>(p.f[iw][k]);
+    value = w * d * d;
+    return grad + coef * w * d;
+  } else {
     value = A(0);
     return grad;
   }
-  const A d = theta - static_cast<A>(anchor[k]);
-  const A w = static_cast<A>(omega[k]);
-  value = w * d * d;
-  return grad + coef * w * d;
 }
 
 // torch.optim.SGD: g = ±grad + wd theta; with momentum, b = g on the first step, else b = mu b + (1 - dampening) g,
-// and g = g + mu b (Nesterov) or b; theta -= lr g.  f[0] = momentum buffer (null without momentum), f[1] = Omega,
-// f[2] = theta* (both null without a penalty).
-template <typename T, typename P>
+// and g = g + mu b (Nesterov) or b; theta -= lr g.  f[0] = momentum buffer (kMomentum), f[1] = Omega,
+// f[2] = theta* (kPenalty).
+template <typename T, typename P, bool kMomentum, bool kPenalty>
 struct SgdStep {
   using A = opmath_t<T, P>;
-  static constexpr bool kReduces = true;
+  static constexpr bool kReduces = kPenalty;
   // 1 - dampening comes from the host in double, as torch.optim computes it (1 - 0.9f is not 0.1f).
   A lr, momentum, one_minus_dampening, weight_decay, coef;  // coef = 2 lam
   bool nesterov, maximize, first;
   CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
     const A theta = static_cast<A>(p.l[0][k]);
     A value;
-    A g = penalised_gradient(theta, static_cast<A>(p.l[1][k]), p.f[1], p.f[2], k, coef, value);
-    if (maximize) g = -g;
-    if (weight_decay != A(0)) g += weight_decay * theta;
-    if (p.f[0] != nullptr) {
+    A g = penalised_gradient<kPenalty, 1>(p, k, theta, coef, value);
+    g = maximize ? -g : g;
+    g = weight_decay != A(0) ? g + weight_decay * theta : g;  // torch adds nothing at 0 (an inf theta stays inf)
+    if constexpr (kMomentum) {
       const A b = first ? g : momentum * static_cast<A>(p.f[0][k]) + one_minus_dampening * g;
       p.f[0][k] = static_cast<P>(b);
       g = nesterov ? g + momentum * b : b;
@@ -240,12 +244,12 @@ struct SgdStep {
 
 // torch.optim.Adam / AdamW: g = ±grad (+ wd theta for Adam; AdamW decays theta by 1 - lr wd instead);
 // m = lerp(m, g, 1 - beta1) (torch's lerp: two forms around weight 0.5); v = beta2 v + (1 - beta2) g^2;
-// theta -= step_size m / (sqrt(v) / bc2_sqrt + eps), with step_size = lr / (1 - beta1^t) and
-// bc2_sqrt = sqrt(1 - beta2^t) computed on the host.  f[0] = m, f[1] = v, f[2] = Omega, f[3] = theta*.
-template <typename T, typename P>
+// theta -= step_size (m / (sqrt(v) / bc2_sqrt + eps)), with step_size = lr / (1 - beta1^t) and
+// bc2_sqrt = sqrt(1 - beta2^t) computed on the host.  f[0] = m, f[1] = v, f[2] = Omega, f[3] = theta* (kPenalty).
+template <typename T, typename P, bool kPenalty>
 struct AdamStep {
   using A = opmath_t<T, P>;
-  static constexpr bool kReduces = true;
+  static constexpr bool kReduces = kPenalty;
   // The complements 1 - beta1, 1 - beta2 and AdamW's factor 1 - lr wd come from the host in double, as torch.optim
   // computes them: in float, 1 - 0.999f is 1.00005e-3, a relative error of 5e-5 in every second-moment update.
   A one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, coef, step_size, bc2_sqrt;
@@ -253,15 +257,11 @@ struct AdamStep {
   CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
     A theta = static_cast<A>(p.l[0][k]);
     A value;
-    A g = penalised_gradient(theta, static_cast<A>(p.l[1][k]), p.f[2], p.f[3], k, coef, value);
-    if (maximize) g = -g;
-    if (weight_decay != A(0)) {
-      if (decoupled) {
-        theta *= decay;
-      } else {
-        g += weight_decay * theta;
-      }
-    }
+    A g = penalised_gradient<kPenalty, 2>(p, k, theta, coef, value);
+    g = maximize ? -g : g;
+    const bool decay_now = weight_decay != A(0);
+    g = decay_now && !decoupled ? g + weight_decay * theta : g;
+    theta = decay_now && decoupled ? theta * decay : theta;
     const A w = one_minus_beta1;
     const A m_old = static_cast<A>(p.f[0][k]);
     const A m = w < A(0.5) ? m_old + w * (g - m_old) : g - (g - m_old) * (A(1) - w);

@@ -14,11 +14,13 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
 #include <initializer_list>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -276,6 +278,11 @@ inline void check_step_distinct(const char* op, const ListFlatCall& call, std::i
   check_distinct(op, std::move(spans));
 }
 
+// A step's value without a penalty: a zero of the state dtype on the device (no reduction is run).
+inline at::Tensor step_without_penalty_value(const ListFlatCall& call) {
+  return at::zeros({}, at::TensorOptions().dtype(call.state_dtype).device(call.device));
+}
+
 inline void check_nonnegative(const char* op, const char* what, double value) {
   TORCH_CHECK(std::isfinite(value) && value >= 0.0, op, ": ", what, " must be finite and >= 0, got ", value);
 }
@@ -307,12 +314,25 @@ at::Tensor sgd_step_impl(at::TensorList params, const OptTensorList& grads,
                                  {"anchor", has_omega ? *anchor : none, false}});
   call.flat = {data_or_null(momentum_buffer), data_or_null(importance), data_or_null(anchor), nullptr};
   const double coef = 2.0 * lam;
-  return R::reduce(call, [=](auto pt, auto st, uint8_t) {
-    using F = SgdStep<typename decltype(pt)::type, typename decltype(st)::type>;
-    using A = typename F::A;
-    return F{static_cast<A>(lr), static_cast<A>(momentum), static_cast<A>(1.0 - dampening),
-             static_cast<A>(weight_decay), static_cast<A>(coef), nesterov, maximize, first};
-  }, has_omega ? lam : 0.0);
+  auto make_step = [&](auto with_momentum, auto with_penalty) {
+    return [=](auto pt, auto st, uint8_t) {
+      using F = SgdStep<typename decltype(pt)::type, typename decltype(st)::type, decltype(with_momentum)::value,
+                        decltype(with_penalty)::value>;
+      using A = typename F::A;
+      return F{static_cast<A>(lr), static_cast<A>(momentum), static_cast<A>(1.0 - dampening),
+               static_cast<A>(weight_decay), static_cast<A>(coef), nesterov, maximize, first};
+    };
+  };
+  if (has_omega) {
+    return has_buffer ? R::reduce(call, make_step(std::true_type{}, std::true_type{}), lam)
+                      : R::reduce(call, make_step(std::false_type{}, std::true_type{}), lam);
+  }
+  if (has_buffer) {
+    R::apply(call, make_step(std::true_type{}, std::false_type{}));
+  } else {
+    R::apply(call, make_step(std::false_type{}, std::false_type{}));
+  }
+  return step_without_penalty_value(call);
 }
 
 template <class R>
@@ -342,13 +362,18 @@ at::Tensor adam_step_impl(at::TensorList params, const OptTensorList& grads, con
   const double step_size = lr / (1.0 - std::pow(beta1, t));
   const double bc2_sqrt = std::pow(1.0 - std::pow(beta2, t), 0.5);
   const double coef = 2.0 * lam;
-  return R::reduce(call, [=](auto pt, auto st, uint8_t) {
-    using F = AdamStep<typename decltype(pt)::type, typename decltype(st)::type>;
-    using A = typename F::A;
-    return F{static_cast<A>(1.0 - beta1), static_cast<A>(beta2), static_cast<A>(1.0 - beta2), static_cast<A>(eps),
-             static_cast<A>(weight_decay), static_cast<A>(1.0 - lr * weight_decay), static_cast<A>(coef),
-             static_cast<A>(step_size), static_cast<A>(bc2_sqrt), decoupled, maximize};
-  }, has_omega ? lam : 0.0);
+  auto make_step = [&](auto with_penalty) {
+    return [=](auto pt, auto st, uint8_t) {
+      using F = AdamStep<typename decltype(pt)::type, typename decltype(st)::type, decltype(with_penalty)::value>;
+      using A = typename F::A;
+      return F{static_cast<A>(1.0 - beta1), static_cast<A>(beta2), static_cast<A>(1.0 - beta2), static_cast<A>(eps),
+               static_cast<A>(weight_decay), static_cast<A>(1.0 - lr * weight_decay), static_cast<A>(coef),
+               static_cast<A>(step_size), static_cast<A>(bc2_sqrt), decoupled, maximize};
+    };
+  };
+  if (has_omega) return R::reduce(call, make_step(std::true_type{}), lam);
+  R::apply(call, make_step(std::false_type{}));
+  return step_without_penalty_value(call);
 }
 
 inline void check_flat(const char* op, const char* what, const at::Tensor& t) {
