@@ -436,7 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows += bench_model(name, args, todo)
     result = {"device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
               "clfast": clfast.__version__, "date": time.strftime("%Y-%m-%d"), "batch": args.batch,
-              "momentum": args.momentum, "optimizer": args.optimizer, "warmup": args.warmup, "exp1_iters": args.exp1_iters, "plugins": plugins,
+              "momentum": args.momentum, "optimizer": args.optimizer, "warmup": args.warmup,
+              "exp1_iters": args.exp1_iters, "plugins": plugins,
               "hparams": HPARAMS, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

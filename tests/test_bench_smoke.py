@@ -35,7 +35,7 @@ def test_model_shape_lists_match_torchvision_counts():
 def test_benchmark_writes_json_and_markdown(tmp_path):
     result = bench.main(["--device", "cpu", "--reps", "1", "--models", "resnet18", "--no-sweep", "--out",
                          str(tmp_path)])
-    assert {r["op"] for r in result["rows"]} == {"penalty", "mas", "ewc", "si"}
+    assert {r["op"] for r in result["rows"]} == {"penalty", "mas", "ewc", "si", "sgd", "adam", "sgd+penalty"}
     assert all(r["median_ms"] > 0 for r in result["rows"])
     assert len(list(tmp_path.glob("state_ops_*.json"))) == 1
     assert len(list(tmp_path.glob("state_ops_*.md"))) == 1
