@@ -46,7 +46,7 @@ class Adam(FlatStepOptimizer):
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor | None]) -> None:
         buffers = self._buffers(group)
-        views = {kind: self._views(group, kind) for kind in self.state_kinds(group)}
+        views: dict[str, list[Tensor]] = {}  # made only when a parameter starts now
         steps: list[int] = []
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             if g is None:
@@ -54,6 +54,7 @@ class Adam(FlatStepOptimizer):
                 continue
             state = self.state[p]
             if "step" not in state:
+                views = views or {kind: self._views(group, kind) for kind in self.state_kinds(group)}
                 state["step"] = torch.tensor(0.0)
                 for kind, kind_views in views.items():
                     state[kind] = kind_views[i]

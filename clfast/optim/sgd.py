@@ -43,13 +43,14 @@ class SGD(FlatStepOptimizer):
             buffer = None
         else:
             buffer = self._buffers(group)["momentum_buffer"]
-            views = self._views(group, "momentum_buffer")
-            first = [("momentum_buffer" not in self.state[p]) if g is not None else False
+            first = [g is not None and self.state.get(p, {}).get("momentum_buffer") is None
                      for p, g in zip(params, grads, strict=True)]
             cohort = cohorts(first, grads)
-            for p, g, view in zip(params, grads, views, strict=True):
-                if g is not None:
-                    self.state[p]["momentum_buffer"] = view
+            if any(first):  # the views are made only for parameters that start now
+                views = self._views(group, "momentum_buffer")
+                for i, p in enumerate(params):
+                    if first[i]:
+                        self.state[p]["momentum_buffer"] = views[i]
         penalty = self._penalty_args(group)
         for first_step, cohort_grads in cohort.items():
             value = sgd_step_(params, cohort_grads, buffer, lr=group["lr"], momentum=momentum,
