@@ -117,17 +117,15 @@ def _penalised_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], i
     λ·Σ Ω⊙(θ−θ*)² over the params that have a grad (0 without a penalty)."""
     if importance is None:
         return [None if g is None else g.to(D) for g in grads], torch.zeros((), dtype=D)
-    pen = quad_penalty_grad(params, importance, anchor, lam)
-    out = [None if g is None else g.to(D) + pg for g, pg in zip(grads, pen, strict=True)]
-    kept = [i for i, g in enumerate(grads) if g is not None]
-    value = sum((_importance_term(params, importance, anchor, i) for i in kept), torch.zeros((), dtype=D))
+    out, value = [], torch.zeros((), dtype=D)
+    for p, g, w, a in zip(params, grads, _slices(params, importance), _slices(params, anchor), strict=True):
+        if g is None:
+            out.append(None)
+            continue
+        d = p.detach().to(D) - a
+        out.append(g.to(D) + 2.0 * lam * w * d)
+        value = value + (w * d**2).sum()
     return out, lam * value
-
-
-def _importance_term(params: Sequence[Tensor], importance: Tensor, anchor: Tensor, i: int) -> Tensor:
-    """Σ Ω_i ⊙ (θ_i − θ*_i)² of param i alone."""
-    w, a = _slices(params, importance)[i], _slices(params, anchor)[i]
-    return (w * (params[i].detach().to(D) - a) ** 2).sum()
 
 
 def sgd_step(params: Sequence[Tensor], grads: Sequence[Tensor | None], momentum_buffer: Tensor | None,

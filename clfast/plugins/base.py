@@ -172,8 +172,8 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
             return
         params = self._table.tensors(strategy.model)
         weights, anchor = self._table[self.WEIGHTS], self._table[self.ANCHOR]
-        all_active = all(self._table.active)
-        if all_active and strategy.optimizer.take_penalty(params, weights, anchor, lam):
+        # A stand-in for a parameter the model lacks is in no param group, so take_penalty refuses that case too.
+        if strategy.optimizer.take_penalty(params, weights, anchor, lam):
             return
         self._into_step = None
         value = ops.quad_penalty_grad_(params, weights, anchor, lam, penalised=self._penalty_mask())

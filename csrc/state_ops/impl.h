@@ -75,18 +75,19 @@ inline void add_list1_spans(std::vector<ArgSpan>& spans, const ListFlatCall& cal
   }
 }
 
-// The state buffers of a list/flat op against each other and against the model tensors it reads (the params,
-// and the grads if `with_grads`), with the in-place aliases of add_param_spans allowed.
+// The state buffers of a list/flat op against each other and against its model tensors: the params (read, with
+// the in-place aliases of add_param_spans allowed; or written, by an optimizer step, with none allowed) and the
+// grads if `with_grads`. Undefined optional buffers are left out.
 inline void check_state_distinct(const char* op, const ListFlatCall& call, std::initializer_list<FlatArg> flats,
-                                 bool with_grads = false) {
+                                 bool with_grads = false, bool params_written = false) {
   std::vector<ArgSpan> spans;
   spans.reserve(flats.size() + (with_grads ? 2 : 1) * call.size());
-  std::vector<uintptr_t> flat_begins;
+  std::vector<uintptr_t> own_slice_of;  // written params (an optimizer step) may alias nothing
   for (const FlatArg& f : flats) {
     add_span(spans, f.name, f.t, f.written);
-    flat_begins.push_back(reinterpret_cast<uintptr_t>(f.t.data_ptr()));
+    if (!params_written && f.t.defined()) own_slice_of.push_back(reinterpret_cast<uintptr_t>(f.t.data_ptr()));
   }
-  add_param_spans(spans, call, /*written=*/false, flat_begins);
+  add_param_spans(spans, call, params_written, own_slice_of);
   if (with_grads) add_list1_spans(spans, call, "grads", /*written=*/false);
   check_distinct(op, std::move(spans));
 }
@@ -268,16 +269,6 @@ inline void* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr() : nullptr;
 }
 
-// params are written, so no view of a state buffer may stand in for one here.
-inline void check_step_distinct(const char* op, const ListFlatCall& call, std::initializer_list<FlatArg> flats) {
-  std::vector<ArgSpan> spans;
-  spans.reserve(flats.size() + 2 * call.size());
-  for (const FlatArg& f : flats) add_span(spans, f.name, f.t, f.written);
-  add_param_spans(spans, call, /*written=*/true);
-  add_list1_spans(spans, call, "grads", /*written=*/false);
-  check_distinct(op, std::move(spans));
-}
-
 // A step's value without a penalty: a zero of the state dtype on the device (no reduction is run).
 inline at::Tensor step_without_penalty_value(const ListFlatCall& call) {
   return at::zeros({}, at::TensorOptions().dtype(call.state_dtype).device(call.device));
@@ -309,9 +300,10 @@ at::Tensor sgd_step_impl(at::TensorList params, const OptTensorList& grads,
   check_step_penalty(op, call, importance, anchor, lam);
   add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
   const at::Tensor none;
-  check_step_distinct(op, call, {{"momentum_buffer", has_buffer ? *momentum_buffer : none, true},
-                                 {"importance", has_omega ? *importance : none, false},
-                                 {"anchor", has_omega ? *anchor : none, false}});
+  check_state_distinct(op, call, {{"momentum_buffer", has_buffer ? *momentum_buffer : none, true},
+                                  {"importance", has_omega ? *importance : none, false},
+                                  {"anchor", has_omega ? *anchor : none, false}},
+                       /*with_grads=*/true, /*params_written=*/true);
   call.flat = {data_or_null(momentum_buffer), data_or_null(importance), data_or_null(anchor), nullptr};
   const double coef = 2.0 * lam;
   auto make_step = [&](auto with_momentum, auto with_penalty) {
@@ -353,9 +345,10 @@ at::Tensor adam_step_impl(at::TensorList params, const OptTensorList& grads, con
   add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
   const bool has_omega = importance.has_value() && importance->defined();
   const at::Tensor none;
-  check_step_distinct(op, call, {{"exp_avg", exp_avg, true}, {"exp_avg_sq", exp_avg_sq, true},
-                                 {"importance", has_omega ? *importance : none, false},
-                                 {"anchor", has_omega ? *anchor : none, false}});
+  check_state_distinct(op, call, {{"exp_avg", exp_avg, true}, {"exp_avg_sq", exp_avg_sq, true},
+                                  {"importance", has_omega ? *importance : none, false},
+                                  {"anchor", has_omega ? *anchor : none, false}},
+                       /*with_grads=*/true, /*params_written=*/true);
   call.flat = {exp_avg.data_ptr(), exp_avg_sq.data_ptr(), data_or_null(importance), data_or_null(anchor)};
   // As torch.optim computes them, in double on the host: 1 - beta1^t and (1 - beta2^t)^0.5.
   const auto t = static_cast<double>(step);
