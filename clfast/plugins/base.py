@@ -29,6 +29,7 @@ from .. import ops
 from ..optim.flat import FlatStepOptimizer
 from ..state import FlatState
 from ..training.plugins import SupervisedPlugin
+from ..training.precision import grad_scale_of, step_is_due
 from .table import ParamTable
 
 __all__ = ["STATE_VERSION", "RegularizerPlugin", "check_header", "names_as_set"]
@@ -146,7 +147,8 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
             return
         lam = self._penalty_strength(strategy)
         params = self._table.tensors(strategy.model)
-        if self.FUSES_INTO_STEP and params and isinstance(getattr(strategy, "optimizer", None), FlatStepOptimizer):
+        if (self.FUSES_INTO_STEP and params and step_is_due(strategy)
+                and isinstance(getattr(strategy, "optimizer", None), FlatStepOptimizer)):
             self._into_step = lam
             return
         with torch.no_grad():
@@ -155,14 +157,15 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
 
     def after_backward(self, strategy: Any, **kwargs: Any) -> None:
         """``.grad += 2λΩ⊙(θ−θ*)`` in one fused pass (:func:`clfast.ops.quad_penalty_grad_` says what
-        happens to parameters without a gradient)."""
-        if not self._penalty_active(strategy) or self._into_step is not None:
+        happens to parameters without a gradient), once per optimizer step (on the last minibatch of an
+        accumulation window), in the units ``.grad`` holds (times the loss scale if it is still in)."""
+        if not self._penalty_active(strategy) or self._into_step is not None or not step_is_due(strategy):
             return
         lam = self._penalty_strength(strategy)
         params = self._table.tensors(strategy.model)
         if params:
-            ops.quad_penalty_grad_(params, self._table[self.WEIGHTS], self._table[self.ANCHOR], lam,
-                                   penalised=self._penalty_mask())
+            ops.quad_penalty_grad_(params, self._table[self.WEIGHTS], self._table[self.ANCHOR],
+                                   lam * grad_scale_of(strategy), penalised=self._penalty_mask())
 
     def before_update(self, strategy: Any, **kwargs: Any) -> None:
         """The waiting penalty goes into the optimizer's step; if the optimizer cannot take it (another
@@ -176,8 +179,9 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
         if strategy.optimizer.take_penalty(params, weights, anchor, lam):
             return
         self._into_step = None
-        value = ops.quad_penalty_grad_(params, weights, anchor, lam, penalised=self._penalty_mask())
-        self._add_value(strategy, value, lam)
+        scale = grad_scale_of(strategy)
+        value = ops.quad_penalty_grad_(params, weights, anchor, lam * scale, penalised=self._penalty_mask())
+        self._add_value(strategy, value / scale if scale != 1.0 else value, lam)
 
     def after_update(self, strategy: Any, **kwargs: Any) -> None:
         """The value of the penalty the step took (at the parameters before the step) joins ``strategy.loss``."""

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from .. import distributed as dist
 from ..distributed import unwrap
+from ..training.precision import precision_of
 from ..training.utils import is_task_aware, make_loader, module_modes
 
 __all__ = ["batch_gradient", "experience_loader", "forward_batch", "gradient_pass", "progress",
@@ -54,13 +55,20 @@ def forward_batch(model: nn.Module, batch: Sequence[Any], device: torch.device) 
 
 
 def batch_gradient(model: nn.Module, batch: Sequence[Any], device: torch.device, loss: LossFn,
-                   params: Sequence[Tensor], *, set_to_none: bool) -> None:
+                   params: Sequence[Tensor], *, set_to_none: bool, strategy: Any = None) -> None:
     """``.grad`` ← ∇ ``loss`` of one batch, averaged over the ranks as DDP would (the pass runs on the
     unwrapped model); ``set_to_none=False`` zeroes the old gradients instead, so that a parameter without
-    a gradient in this batch reads as 0."""
-    model.zero_grad(set_to_none=set_to_none)
-    out, y = forward_batch(model, batch, device)
-    loss(out, y).backward()
+    a gradient in this batch reads as 0.
+
+    In ``strategy``'s precision: the forward and loss under its autocast, the backward scaled and the scale
+    divided out again under ``"16-mixed"`` (:meth:`clfast.training.precision.Precision.pass_backward`), so
+    that ``.grad`` holds true gradients."""
+
+    def batch_loss() -> Tensor:
+        out, y = forward_batch(model, batch, device)
+        return loss(out, y)
+
+    precision_of(strategy).pass_backward(batch_loss, params, lambda: model.zero_grad(set_to_none=set_to_none))
     dist.all_reduce_grads_(params)  # distributed: the global batch's gradient (docs/distributed.md)
 
 
@@ -75,7 +83,7 @@ def gradient_pass(strategy: Any, params: Sequence[Tensor], loss: LossFn, update:
     n_batches = 0
     with module_modes(model, training=training):
         for batch in progress(loader, verbose, desc, total=len(loader) if verbose else None):
-            batch_gradient(model, batch, strategy.device, loss, params, set_to_none=set_to_none)
+            batch_gradient(model, batch, strategy.device, loss, params, set_to_none=set_to_none, strategy=strategy)
             n_batches += 1
             update(n_batches)
     return n_batches

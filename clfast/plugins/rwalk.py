@@ -13,6 +13,7 @@ from .. import ops
 from .._checks import check_bool, check_float, check_int
 from ..distributed import unwrap
 from ..state import FlatState
+from ..training.precision import step_is_due, step_was_taken
 from ..training.utils import module_modes
 from .base import RegularizerPlugin, names_as_set
 from .passes import batch_gradient
@@ -57,7 +58,8 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
     Args:
         ewc_lambda: penalty strength λ (>= 0).
         ewc_alpha: weight α of the new squared gradient in the EWC++ average, in [0, 1].
-        delta_t: iterations between score checkpoints (>= 1), on the global iteration count.
+        delta_t: optimizer steps between score checkpoints (>= 1), on the global step count (the iteration count
+            without gradient accumulation).
         separate_grad_pass: reproduce Avalanche's extra eval-mode gradient pass (2-3× slower).
     """
 
@@ -142,12 +144,14 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
         self._table.copy_from_model("prev", strategy.model)
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        if not self.separate_grad_pass:
+        # The extra pass reads this minibatch only, once per optimizer step (on a window's last minibatch).
+        if not self.separate_grad_pass or not step_is_due(strategy):
             return
         model = strategy.model
         params = self._table.tensors(model)
         with module_modes(model, training=False):  # distributed: the global batch's gradient, as DDP's
-            batch_gradient(model, strategy.mbatch, strategy.device, strategy._criterion, params, set_to_none=True)
+            batch_gradient(model, strategy.mbatch, strategy.device, strategy._criterion, params, set_to_none=True,
+                           strategy=strategy)
         self._read_task_grad(params)
         model.zero_grad(set_to_none=True)
 
@@ -162,8 +166,10 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
 
     def after_backward(self, strategy: Any, **kwargs: Any) -> None:
         params = self._table.tensors(strategy.model)
-        if not self.separate_grad_pass:
-            self._read_task_grad(params)  # .grad holds the task gradient: the penalty's is not in yet
+        # .grad holds the task gradient (the penalty's is not in yet), accumulated over the window and unscaled
+        # on the step's last minibatch: read it then, unless the GradScaler skips the step (it may be inf).
+        if not self.separate_grad_pass and step_was_taken(strategy):
+            self._read_task_grad(params)
         super().after_backward(strategy, **kwargs)
 
     def _read_task_grad(self, params: list[Tensor]) -> None:
@@ -187,13 +193,20 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
         table.copy_in(table["grad"], grads)
 
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        if not step_was_taken(strategy):  # once per optimizer step that moved θ
+            return
         table = self._table
         params = table.tensors(strategy.model)
         views = table.state.views("grad")
-        grads = [views[n] if has else None for n, has in zip(table.state.names, self._iter_grad, strict=True)]
+        # The stored task gradient is float32 (the state's dtype); for a parameter held in bfloat16/float16 it goes
+        # back to that dtype, which is exact: it was copied from that parameter's .grad.
+        grads = [(views[n] if views[n].dtype == p.dtype else views[n].to(p.dtype)) if has else None
+                 for n, has, p in zip(table.state.names, self._iter_grad, params, strict=True)]
         # L −= g⊙(θ_{t+1} − θ_t)
         ops.path_integral_update_(table["loss"], table["prev"], params, grads=grads, check_finite=self._finite)
-        if (strategy.clock.train_iterations + 1) % self.delta_t == 0:
+        # Δt counts optimizer steps (the clock has counted this one); a strategy without the step counter (no
+        # accumulation) counts iterations, this one included.
+        if getattr(strategy.clock, "train_steps", strategy.clock.train_iterations + 1) % self.delta_t == 0:
             loss = table["loss"]
             for e in table.state.entries:  # only names in the Fisher are scored; the others' L is reset
                 if e.name not in self._in_fisher:

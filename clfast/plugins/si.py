@@ -13,6 +13,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .. import ops
 from .._checks import check_float
+from ..training.precision import step_was_taken
 from .base import RegularizerPlugin
 
 __all__ = ["SynapticIntelligencePlugin", "si_allowed_parameters"]
@@ -138,7 +139,9 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
         return self.lambda_for(strategy.clock.train_exp_counter) / 2  # (λ_e/2)·Σ Ω⊙(θ−θ*)²
 
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        if not self._tracking():
+        # Once per optimizer step: not on the first minibatches of an accumulation window, nor on a step the
+        # GradScaler skipped (θ did not move; the gradients may be inf).
+        if not self._tracking() or not step_was_taken(strategy):
             return
         params = self._table.tensors(strategy.model)
         # ω −= g⊙(θ_new − θ_old), θ_old ← θ_new; NaN/inf raises before writing, or (deferred checks) at the

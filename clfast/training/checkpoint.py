@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .precision import precision_of
+
 FORMAT = "clfast-checkpoint"
 VERSION = 1
 
@@ -146,6 +148,7 @@ def strategy_state_dict(strategy: Any) -> dict[str, Any]:
         "optimizer_initialized": bool(getattr(strategy, "_optimizer_initialized", False)),
         "evaluator": evaluator.state_dict() if callable(getattr(evaluator, "state_dict", None)) else None,
         "rng": capture_rng(),
+        "scaler": precision_of(strategy).state_dict(),  # the GradScaler's scale and growth tracker ("16-mixed")
     }
     whole = _whole_state(strategy)
     if whole is not None:
@@ -170,6 +173,7 @@ def load_strategy_state_dict(strategy: Any, state: Mapping[str, Any]) -> None:
     if state.get("format") != FORMAT or state.get("version") != VERSION:
         raise ValueError(f"not a clfast checkpoint of version {VERSION} (format {state.get('format')!r}, "
                          f"version {state.get('version')!r})")
+    precision_of(strategy).check_state(state.get("scaler") or {})
     whole = _whole_state(strategy)
     if (whole is not None) != ("whole" in state):
         raise ValueError(f"checkpoint was written by another kind of strategy than {type(strategy).__name__}")
@@ -217,6 +221,7 @@ def _load_unchecked(strategy: Any, state: Mapping[str, Any], plugins: list[Any])
 
 
 def _load_common(strategy: Any, state: Mapping[str, Any]) -> None:
+    precision_of(strategy).load_state_dict(state.get("scaler") or {})
     if hasattr(strategy, "_optimizer_initialized"):
         strategy._optimizer_initialized = bool(state["optimizer_initialized"])
     evaluator = getattr(strategy, "evaluator", None)

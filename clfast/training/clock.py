@@ -20,11 +20,14 @@ class Clock(SupervisedPlugin, supports_distributed=True):
         train_exp_iterations: iterations finished in the current experience.
         train_epoch_iterations: iterations finished in the current epoch.
         total_iterations: training plus eval iterations since construction (never reset).
+        train_steps: optimizer steps since construction (never reset): ``train_iterations`` divided by the
+            strategy's ``accumulate_grad_batches``, counting a step the GradScaler skipped. Counted in
+            ``after_update``, so a later ``after_training_iteration`` sees this step counted.
     """
 
     #: The counters, in :meth:`as_dict` order.
     COUNTERS: tuple[str, ...] = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
-                                 "train_epoch_iterations", "total_iterations")
+                                 "train_epoch_iterations", "total_iterations", "train_steps")
 
     train_iterations: int
     train_exp_counter: int
@@ -32,6 +35,7 @@ class Clock(SupervisedPlugin, supports_distributed=True):
     train_exp_iterations: int
     train_epoch_iterations: int
     total_iterations: int
+    train_steps: int
 
     def __init__(self) -> None:
         for name in self.COUNTERS:
@@ -43,6 +47,9 @@ class Clock(SupervisedPlugin, supports_distributed=True):
 
     def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
         self.train_epoch_iterations = 0
+
+    def after_update(self, strategy: Any, **kwargs: Any) -> None:
+        self.train_steps += 1
 
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         self.train_epoch_iterations += 1
@@ -60,5 +67,5 @@ class Clock(SupervisedPlugin, supports_distributed=True):
         self.total_iterations += 1
 
     def as_dict(self) -> dict[str, int]:
-        """The six counters by name."""
+        """The counters by name."""
         return {name: getattr(self, name) for name in self.COUNTERS}

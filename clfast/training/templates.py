@@ -19,6 +19,7 @@ from .base import BaseTemplate
 from .clock import Clock
 from .periodic_eval import PEVAL_MODES, PeriodicEval
 from .plugins import SUPERVISED_HOOKS, BasePlugin, SupervisedPlugin
+from .precision import Precision
 from .utils import make_loader, stream_name, task_aware_forward, to_device
 
 __all__ = ["BaseTemplate", "SupervisedTemplate"]
@@ -42,6 +43,11 @@ class SupervisedTemplate(BaseTemplate):
         eval_every: -1 no periodic eval; 0 at the start of ``train()`` and the end of every experience;
             k > 0 also every k epochs (or iterations, see ``peval_mode``).
         peval_mode: ``"epoch"`` or ``"iteration"``.
+        precision: ``"32"``, ``"bf16-mixed"`` (bfloat16 autocast) or ``"16-mixed"`` (float16 autocast and a
+            ``torch.amp.GradScaler``), or a :class:`clfast.training.precision.Precision` (to choose the scaler's
+            initial scale): see ``docs/large-models.md``.
+        accumulate_grad_batches: k >= 1: one optimizer step per k minibatches, each minibatch's loss divided by
+            the number of minibatches in its window (k, fewer at the end of an epoch).
 
     Training is a sequence of steps, each a method a strategy may override without re-spelling the hook
     order; the hooks (in brackets) fire between them. Per experience: ``train_dataset_adaptation()``
@@ -56,8 +62,13 @@ class SupervisedTemplate(BaseTemplate):
     4. ``mb_output = forward()``.
     5. ``_after_forward_step()``: hook-free, nothing here (AR1 stages the current latents). [after_forward]
     6. ``loss += criterion()``. [before_backward]
-    7. ``backward()`` (AR1 then averages the gradients over the ranks). [after_backward] [before_update]
+    7. ``backward()`` (AR1 then averages the gradients over the ranks); on a step's last minibatch under
+       ``"16-mixed"`` the gradients are unscaled. [after_backward] [before_update]
     8. ``optimizer_step()``. [after_update] [after_training_iteration]
+
+    Steps 4 and 6 run under autocast (``precision``). With ``accumulate_grad_batches`` = k, step 2 zeroes the
+    gradients and [before_update] 8 [after_update] run only on the last minibatch of each window of k;
+    ``step_this_iteration`` says which minibatch that is (``docs/plugin-api.md``, "Accumulation").
     """
 
     PLUGIN_CLASS = SupervisedPlugin
@@ -67,7 +78,8 @@ class SupervisedTemplate(BaseTemplate):
                  train_epochs: int = 1, eval_mb_size: int | None = None,
                  device: str | torch.device | None = None, plugins: Sequence[Any] | None = None,
                  evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] | None = default_evaluator,
-                 eval_every: int = -1, peval_mode: str = "epoch") -> None:
+                 eval_every: int = -1, peval_mode: str = "epoch", precision: str | Precision = "32",
+                 accumulate_grad_batches: int = 1) -> None:
         # A size or count of the wrong type is a ValueError here, as it has always been for the templates.
         self.train_mb_size = check_int("train_mb_size", train_mb_size, low=1, type_error=ValueError)
         self.train_epochs = check_int("train_epochs", train_epochs, low=1, type_error=ValueError)
@@ -75,6 +87,7 @@ class SupervisedTemplate(BaseTemplate):
                                                                                  low=1, type_error=ValueError)
         check_int("eval_every", eval_every, low=-1, type_error=ValueError)
         check_choice("peval_mode", peval_mode, PEVAL_MODES)
+        self.accumulate_grad_batches = check_int("accumulate_grad_batches", accumulate_grad_batches, low=1)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if criterion is None:
@@ -87,6 +100,18 @@ class SupervisedTemplate(BaseTemplate):
         self.eval_every = eval_every
         self.peval_mode = peval_mode
         self.retain_graph = False
+        #: Autocast and loss scaling (``precision``); plugins read it through ``clfast.training.precision``.
+        self.amp = precision if isinstance(precision, Precision) else Precision(precision, self.device)
+        #: Whether the current training iteration ends with an optimizer step (False on the first k-1
+        #: minibatches of an accumulation window).
+        self.step_this_iteration = True
+        #: Whether the GradScaler skips the current step (inf/NaN gradients); set right after the step's last
+        #: backward, before ``after_backward``.
+        self.step_skipped = False
+        self._window = 1         # minibatches in the current accumulation window
+        self._window_pos = 0     # the next minibatch's position in it
+        self._window_start = True  # the current minibatch starts a window (its gradients are zeroed first)
+        self._epoch_left: int | None = None  # minibatches of the epoch not yet trained (None: unknown length)
 
         if evaluator is None:
             evaluator = EvaluationPlugin()
@@ -218,39 +243,72 @@ class SupervisedTemplate(BaseTemplate):
             self.training_epoch(**kwargs)
             self._trigger("after_training_epoch", **kwargs)
 
+    @property
+    def precision(self) -> str:
+        """The ``precision`` the strategy trains in."""
+        return self.amp.name
+
     def training_epoch(self, **kwargs: Any) -> None:
         """One pass over ``dataloader``: :meth:`training_iteration` on each minibatch, until ``stop_training()``."""
+        self._window_pos = 0
+        try:
+            self._epoch_left = len(self.dataloader)
+        except TypeError:  # an iterable without a length: windows of k, the last one stepped only if full
+            self._epoch_left = None
         for mbatch in self.dataloader:
             if self._stop_training:
                 break
             self.training_iteration(mbatch, **kwargs)
+        self._epoch_left = None
+
+    def _plan_step(self) -> None:
+        """Where this minibatch stands in its accumulation window: at a window's start its size (k, or the
+        minibatches the epoch has left), and whether the step comes after it."""
+        self._window_start = self._window_pos == 0
+        if self._window_start:
+            left = self._epoch_left
+            self._window = self.accumulate_grad_batches if left is None else max(1, min(self.accumulate_grad_batches,
+                                                                                     left))
+        self.step_this_iteration = self._window_pos == self._window - 1
+        self.step_skipped = False
+        if self._epoch_left is not None:
+            self._epoch_left -= 1
+        self._window_pos = 0 if self.step_this_iteration else self._window_pos + 1
 
     def training_iteration(self, mbatch: Any, **kwargs: Any) -> None:
         """One SGD step on ``mbatch``: the steps and hooks listed in the class docstring, in that order."""
         self.mbatch = mbatch
+        self._plan_step()
         self._unpack_minibatch()
         self._trigger("before_training_iteration", **kwargs)
         self.reset_grad_and_loss()
         self._before_forward_step()
         self._trigger("before_forward", **kwargs)
-        self.mb_output = self.forward()
+        with self.amp.autocast():
+            self.mb_output = self.forward()
         self._after_forward_step()
         self._trigger("after_forward", **kwargs)
-        self.loss += self.criterion()
+        with self.amp.autocast():
+            self.loss += self.criterion()
         self._trigger("before_backward", **kwargs)
         self.backward()
+        if self.step_this_iteration:
+            self.step_skipped = not self.amp.unscale_(self.optimizer)
         self._trigger("after_backward", **kwargs)
-        self._trigger("before_update", **kwargs)
-        self.optimizer_step()
-        self._trigger("after_update", **kwargs)
+        if self.step_this_iteration:
+            self._trigger("before_update", **kwargs)
+            self.optimizer_step()
+            self._trigger("after_update", **kwargs)
         self._trigger("after_training_iteration", **kwargs)
 
     def _unpack_minibatch(self) -> None:
         self.mbatch = [to_device(v, self.device) for v in self.mbatch]
 
     def reset_grad_and_loss(self) -> None:
-        """``optimizer.zero_grad()``, and ``loss`` back to ``zeros(1)`` (the criterion and penalties add to it)."""
-        self.optimizer.zero_grad()
+        """``optimizer.zero_grad()`` (at the start of an accumulation window only), and ``loss`` back to
+        ``zeros(1)`` (the criterion and penalties add to it)."""
+        if self._window_start:
+            self.optimizer.zero_grad()
         self.loss = self._make_empty_loss()
 
     def _before_forward_step(self) -> None:
@@ -272,12 +330,14 @@ class SupervisedTemplate(BaseTemplate):
         return self._criterion(self.mb_output, self.mb_y)
 
     def backward(self) -> None:
-        """``loss.backward(retain_graph=retain_graph)``."""
-        self.loss.backward(retain_graph=self.retain_graph)
+        """``loss.backward(retain_graph=retain_graph)``, of the loss divided by the accumulation window's size and,
+        under ``"16-mixed"``, times the scaler's scale. ``loss`` itself stays the minibatch's (for loggers)."""
+        loss = self.loss if self._window == 1 else self.loss / self._window
+        self.amp.backward(loss, retain_graph=self.retain_graph)
 
     def optimizer_step(self) -> None:
-        """``optimizer.step()``."""
-        self.optimizer.step()
+        """``optimizer.step()`` (through the GradScaler under ``"16-mixed"``, which skips it on inf/NaN)."""
+        self.amp.step(self.optimizer)
 
     def _cleanup_after_training(self) -> None:
         super()._cleanup_after_training()
