@@ -48,6 +48,19 @@ def test_train_is_deterministic_with_a_seed(tmp_path):
     assert a["config"]["seed"] == 3 and a["config"]["model"] == "cnn"
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_precision_and_accumulation_options_reach_the_strategy(tmp_path, precision):
+    _, one = _train(tmp_path / "one", "--n-experiences", "2", "--mb-size", "32")
+    code, res = _train(tmp_path / "acc", "--n-experiences", "2", "--mb-size", "16", "--precision", precision,
+                       "--accumulate-grad-batches", "2")
+    assert code == 0
+    assert res["config"]["precision"] == precision and res["config"]["accumulate_grad_batches"] == 2
+    # minibatches of half the size: twice as many (up to one per experience, where a last batch is short); the
+    # experience just trained is learned
+    assert abs(res["timings"]["train_iterations"] - 2 * one["timings"]["train_iterations"]) <= 2
+    assert res["accuracy_matrix"][1][1] > 0.5
+
+
 def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "clfast", "train", "--epochs", "1", "--n-experiences", "2",
                            "--quiet", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -66,6 +79,8 @@ def test_console_script_exit_code(tmp_path):
     (["--strategy", "nope"], "--strategy: invalid choice"),
     (["--model", "nope"], "--model: invalid choice"),
     (["--device", "tpu9"], "--device"),
+    (["--precision", "fp16"], "--precision: invalid choice"),
+    (["--accumulate-grad-batches", "0"], "--accumulate-grad-batches: expected a positive integer"),
 ])
 def test_bad_arguments_give_a_clear_error(args, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -15,6 +15,7 @@ from ..models import MODELS
 from ..plugins.registry import PLUGINS
 from ..scenarios import SCENARIOS
 from ..strategies import STRATEGIES
+from ..training.precision import PRECISIONS
 from .argtypes import device_arg, float_arg, int_arg
 from .errors import CLIError
 from .setup import AR1_DEFAULTS, DEFAULTS
@@ -106,6 +107,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--image-size", type=_POSITIVE, default=None,
                    help=f"ar1: images are upsampled to this many pixels a side, with 3 channels (>= 32; default "
                         f"{AR1_DEFAULTS['image_size']})")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS["precision"],
+                   help="32, bf16-mixed (bfloat16 autocast) or 16-mixed (float16 autocast with a GradScaler) "
+                        "(default %(default)s)")
+    p.add_argument("--accumulate-grad-batches", type=_POSITIVE, default=DEFAULTS["accumulate_grad_batches"],
+                   help="one optimizer step per this many minibatches, the loss divided by it (default %(default)s)")
     p.add_argument("--device", type=device_arg, default=DEFAULTS["device"],
                    help="cpu, cuda, cuda:1, ... (default %(default)s)")
     p.add_argument("--threads", type=_NON_NEGATIVE, default=DEFAULTS["threads"],

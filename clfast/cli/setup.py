@@ -30,7 +30,8 @@ from ..strategies.regularized import regularized
 from .errors import CLIError
 
 DEFAULTS = {"strategy": "naive", "scenario": "split-digits", "n_experiences": 5, "epochs": 4, "mb_size": 32,
-            "lr": 0.05, "momentum": 0.9, "seed": 0, "model": "mlp", "device": "cpu", "threads": 1}
+            "lr": 0.05, "momentum": 0.9, "seed": 0, "model": "mlp", "device": "cpu", "threads": 1,
+            "precision": "32", "accumulate_grad_batches": 1}
 
 #: ``--strategy ar1``: a MobileNetV1 (random initialisation) on images upsampled to ``image_size`` px with 3 channels.
 #: Chosen for a CPU run of Split-MNIST in a few minutes on 2 cores (32 px is the smallest size MobileNetV1 takes
@@ -113,7 +114,8 @@ def build_run(args: argparse.Namespace) -> Run:
     make_strategy, extra = _strategy_constructor(args)
     strategy = make_strategy(model, optimizer, torch.nn.CrossEntropyLoss(), train_mb_size=args.mb_size,
                              train_epochs=args.epochs, eval_mb_size=max(args.mb_size, 256), device=device,
-                             evaluator=evaluator, **extra)
+                             evaluator=evaluator, precision=args.precision,
+                             accumulate_grad_batches=args.accumulate_grad_batches, **extra)
     return Run(benchmark, model, model_name, strategy, evaluator, device, out_dir)
 
 
