@@ -151,3 +151,30 @@ def test_accumulate_grad_batches_must_be_a_positive_int(bad) -> None:
     model = mlp()
     with pytest.raises((ValueError, TypeError), match="accumulate_grad_batches"):
         Naive(model, torch.optim.SGD(model.parameters(), lr=0.1), accumulate_grad_batches=bad)
+
+
+@pytest.mark.parametrize("budget, k", [(5, 1), (13, 1), (13, 4)])
+def test_train_iterations_is_an_exact_budget_over_as_many_epochs_as_it_takes(budget: int, k: int) -> None:
+    # 24 samples at B = 4: 6 minibatches per epoch; the budget ends mid-epoch, and the windows of k end with it.
+    exp = stream(n_experiences=1, n_per_exp=24)[0]
+    counter = _HookCounter()
+    model = seeded(mlp)
+    strategy = Naive(model, torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=4, train_epochs=1,
+                     plugins=[counter], evaluator=EvaluationPlugin(), accumulate_grad_batches=k,
+                     train_iterations=budget)
+    strategy.train(exp)
+    assert strategy.clock.train_exp_iterations == budget
+    assert strategy.clock.train_exp_epochs == -(-budget // 6)  # epochs begun, the last one cut short
+    windows = [min(k, left) for epoch_left in _epoch_lengths(budget, 6) for left in range(epoch_left, 0, -k)]
+    assert strategy.clock.train_steps == len(windows)
+    assert sum(due for name, due in counter.calls if name == "after_backward") == len(windows)
+
+
+def _epoch_lengths(budget: int, per_epoch: int) -> list[int]:
+    return [min(per_epoch, budget - start) for start in range(0, budget, per_epoch)]
+
+
+def test_train_iterations_must_be_a_positive_int() -> None:
+    model = mlp()
+    with pytest.raises(ValueError, match="train_iterations"):
+        Naive(model, torch.optim.SGD(model.parameters(), lr=0.1), train_iterations=0)

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from clfast.nn import BatchRenorm2d, MobileNetV1
+from clfast.plugins.latent_memory import minibatch_split
 from clfast.strategies import AR1, STRATEGIES
-from clfast.strategies.latent_replay import minibatch_split
 from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 
 SIZE = 32

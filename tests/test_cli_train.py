@@ -61,6 +61,15 @@ def test_precision_and_accumulation_options_reach_the_strategy(tmp_path, precisi
     assert res["accuracy_matrix"][1][1] > 0.5
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_and_an_iteration_budget_from_the_command_line(tmp_path, optimizer):
+    code, res = _train(tmp_path, "--n-experiences", "2", "--optimizer", optimizer, "--train-iterations", "30")
+    assert code == 0
+    assert res["config"]["optimizer"] == optimizer and res["config"]["lr"] == 1e-3  # Adam's default lr
+    assert res["timings"]["train_iterations"] == 2 * 30
+    assert res["accuracy_matrix"][1][1] > 0.5
+
+
 def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "clfast", "train", "--epochs", "1", "--n-experiences", "2",
                            "--quiet", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -80,6 +89,9 @@ def test_console_script_exit_code(tmp_path):
     (["--model", "nope"], "--model: invalid choice"),
     (["--device", "tpu9"], "--device"),
     (["--precision", "fp16"], "--precision: invalid choice"),
+    (["--optimizer", "rmsprop"], "--optimizer: invalid choice"),
+    (["--train-iterations", "0"], "--train-iterations: expected a positive integer"),
+    (["--strategy", "ar1", "--optimizer", "adam"], "AR1 builds its own SGD"),
     (["--accumulate-grad-batches", "0"], "--accumulate-grad-batches: expected a positive integer"),
 ])
 def test_bad_arguments_give_a_clear_error(args, message, capsys):

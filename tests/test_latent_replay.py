@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clfast.strategies.latent_replay import LatentReplayMemory, LatentStaging, minibatch_split, new_pattern_count
+from clfast.plugins.latent_memory import LatentReplayMemory, LatentStaging, minibatch_split, new_pattern_count
 
 
 def _acts(labels: torch.Tensor, shape=(2, 3, 3)) -> torch.Tensor:

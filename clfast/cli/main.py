@@ -18,7 +18,7 @@ from ..strategies import STRATEGIES
 from ..training.precision import PRECISIONS
 from .argtypes import device_arg, float_arg, int_arg
 from .errors import CLIError
-from .setup import AR1_DEFAULTS, DEFAULTS
+from .setup import ADAM_LR, AR1_DEFAULTS, DEFAULTS, OPTIMIZERS
 from .train import run_train
 
 _POSITIVE = int_arg(1)
@@ -107,6 +107,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--image-size", type=_POSITIVE, default=None,
                    help=f"ar1: images are upsampled to this many pixels a side, with 3 channels (>= 32; default "
                         f"{AR1_DEFAULTS['image_size']})")
+    p.add_argument("--train-iterations", type=_POSITIVE, default=None,
+                   help="train each experience for exactly this many minibatches (as many epochs as it takes) "
+                        "instead of --epochs")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=DEFAULTS["optimizer"],
+                   help="torch.optim's SGD (with --momentum), Adam or AdamW (betas 0.9/0.999; --lr default "
+                        f"{ADAM_LR}) (default %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS["precision"],
                    help="32, bf16-mixed (bfloat16 autocast) or 16-mixed (float16 autocast with a GradScaler) "
                         "(default %(default)s)")

@@ -31,7 +31,15 @@ from .errors import CLIError
 
 DEFAULTS = {"strategy": "naive", "scenario": "split-digits", "n_experiences": 5, "epochs": 4, "mb_size": 32,
             "lr": 0.05, "momentum": 0.9, "seed": 0, "model": "mlp", "device": "cpu", "threads": 1,
-            "precision": "32", "accumulate_grad_batches": 1}
+            "precision": "32", "accumulate_grad_batches": 1, "optimizer": "sgd"}
+#: ``--optimizer``: torch.optim's, built from the options (``--momentum`` applies to SGD only).
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda params, args: torch.optim.SGD(params, lr=args.lr, momentum=args.momentum),
+    "adam": lambda params, args: torch.optim.Adam(params, lr=args.lr),
+    "adamw": lambda params, args: torch.optim.AdamW(params, lr=args.lr),
+}
+#: The ``--lr`` default with Adam/AdamW (torch's and the common one).
+ADAM_LR = 1e-3
 
 #: ``--strategy ar1``: a MobileNetV1 (random initialisation) on images upsampled to ``image_size`` px with 3 channels.
 #: Chosen for a CPU run of Split-MNIST in a few minutes on 2 cores (32 px is the smallest size MobileNetV1 takes
@@ -61,6 +69,11 @@ def resolve_options(args: argparse.Namespace) -> None:
     """Fills the options whose default depends on the strategy and refuses combinations that do not apply
     (:class:`CLIError`; ar1-only options elsewhere are usage errors)."""
     ar1 = args.strategy == "ar1"
+    adam = getattr(args, "optimizer", "sgd") != "sgd"
+    if ar1 and adam:
+        raise CLIError("argument --optimizer: AR1 builds its own SGD (--lr, --inc-lr)", usage=True)
+    if getattr(args, "lr", None) is None and adam:
+        args.lr = ADAM_LR
     for key in _STRATEGY_DEPENDENT:
         if getattr(args, key, None) is None:
             setattr(args, key, AR1_DEFAULTS[key] if ar1 else DEFAULTS[key])
@@ -106,7 +119,7 @@ def build_run(args: argparse.Namespace) -> Run:
     _seed_everything(args.seed)
     benchmark = _benchmark(args)
     model, model_name = _model(args, benchmark)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    optimizer = OPTIMIZERS[getattr(args, "optimizer", "sgd")](model.parameters(), args)
     loggers: list[Any] = [] if args.quiet else [InteractiveLogger(progress=True, lines=False)]
     if out_dir is not None:
         loggers += [JSONLogger(out_dir / "metrics.json"), CSVLogger(out_dir / "metrics.csv")]
@@ -115,7 +128,8 @@ def build_run(args: argparse.Namespace) -> Run:
     strategy = make_strategy(model, optimizer, torch.nn.CrossEntropyLoss(), train_mb_size=args.mb_size,
                              train_epochs=args.epochs, eval_mb_size=max(args.mb_size, 256), device=device,
                              evaluator=evaluator, precision=args.precision,
-                             accumulate_grad_batches=args.accumulate_grad_batches, **extra)
+                             accumulate_grad_batches=args.accumulate_grad_batches,
+                             train_iterations=args.train_iterations, **extra)
     return Run(benchmark, model, model_name, strategy, evaluator, device, out_dir)
 
 

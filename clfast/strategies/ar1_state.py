@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..nn.batch_renorm import _BatchRenorm
-from .latent_replay import LatentReplayMemory
+from ..plugins.latent_memory import LatentReplayMemory
 
 __all__ = ["AR1_STATE_VERSION", "AR1StateMixin"]
 

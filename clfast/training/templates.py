@@ -35,6 +35,9 @@ class SupervisedTemplate(BaseTemplate):
             If it is itself a plugin (has hook methods) it is called after the user plugins.
         train_mb_size: training minibatch size (>= 1).
         train_epochs: epochs per training experience (>= 1).
+        train_iterations: an iteration budget per training experience instead (>= 1, or None): exactly this many
+            minibatches, in as many epochs (passes over the shuffled data) as it takes; ``train_epochs`` is then
+            ignored. (The protocol of van de Ven & Tolias 2019: 2000 iterations per task.)
         eval_mb_size: eval minibatch size; ``None`` means ``train_mb_size``.
         device: a ``torch.device`` or string; ``None`` means CPU.
         plugins: user plugins, called in list order, before the evaluator, PeriodicEval and the Clock.
@@ -79,7 +82,7 @@ class SupervisedTemplate(BaseTemplate):
                  device: str | torch.device | None = None, plugins: Sequence[Any] | None = None,
                  evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] | None = default_evaluator,
                  eval_every: int = -1, peval_mode: str = "epoch", precision: str | Precision = "32",
-                 accumulate_grad_batches: int = 1) -> None:
+                 accumulate_grad_batches: int = 1, train_iterations: int | None = None) -> None:
         # A size or count of the wrong type is a ValueError here, as it has always been for the templates.
         self.train_mb_size = check_int("train_mb_size", train_mb_size, low=1, type_error=ValueError)
         self.train_epochs = check_int("train_epochs", train_epochs, low=1, type_error=ValueError)
@@ -88,6 +91,8 @@ class SupervisedTemplate(BaseTemplate):
         check_int("eval_every", eval_every, low=-1, type_error=ValueError)
         check_choice("peval_mode", peval_mode, PEVAL_MODES)
         self.accumulate_grad_batches = check_int("accumulate_grad_batches", accumulate_grad_batches, low=1)
+        self.train_iterations = (None if train_iterations is None else
+                                 check_int("train_iterations", train_iterations, low=1, type_error=ValueError))
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if criterion is None:
@@ -231,8 +236,16 @@ class SupervisedTemplate(BaseTemplate):
         if reset_optimizer_state:
             self.optimizer.state.clear()
 
+    def _iterations_left(self) -> int | None:
+        """Iterations of the experience's budget still to run (None without ``train_iterations``)."""
+        if self.train_iterations is None:
+            return None
+        return max(0, self.train_iterations - self.clock.train_exp_iterations)
+
     def _train_exp(self, **kwargs: Any) -> None:
-        for _ in range(self.train_epochs):
+        epochs_done = 0
+        while self._another_epoch(epochs_done):
+            epochs_done += 1
             self._trigger("before_training_epoch", **kwargs)
             if self._stop_training:
                 self._stop_training = False
@@ -240,8 +253,16 @@ class SupervisedTemplate(BaseTemplate):
             sampler = getattr(self.dataloader, "sampler", None)
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(self.clock.train_exp_epochs)
+            before = self.clock.train_exp_iterations
             self.training_epoch(**kwargs)
             self._trigger("after_training_epoch", **kwargs)
+            if self.clock.train_exp_iterations == before:  # an epoch without minibatches: a budget is never met
+                break
+
+    def _another_epoch(self, epochs_done: int) -> bool:
+        if self.train_iterations is None:
+            return epochs_done < self.train_epochs
+        return self._iterations_left() > 0
 
     @property
     def precision(self) -> str:
@@ -249,14 +270,16 @@ class SupervisedTemplate(BaseTemplate):
         return self.amp.name
 
     def training_epoch(self, **kwargs: Any) -> None:
-        """One pass over ``dataloader``: :meth:`training_iteration` on each minibatch, until ``stop_training()``."""
+        """One pass over ``dataloader``: :meth:`training_iteration` on each minibatch, until ``stop_training()`` or
+        the end of the ``train_iterations`` budget."""
         self._window_pos = 0
+        budget = self._iterations_left()
         try:
-            self._epoch_left = len(self.dataloader)
+            self._epoch_left = len(self.dataloader) if budget is None else min(budget, len(self.dataloader))
         except TypeError:  # an iterable without a length: windows of k, the last one stepped only if full
-            self._epoch_left = None
+            self._epoch_left = budget
         for mbatch in self.dataloader:
-            if self._stop_training:
+            if self._stop_training or self._iterations_left() == 0:
                 break
             self.training_iteration(mbatch, **kwargs)
         self._epoch_left = None

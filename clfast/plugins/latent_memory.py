@@ -1,4 +1,6 @@
-"""Latent replay for AR1: the replay memory, the first-epoch staging of current latents, and the minibatch split.
+"""Latent replay for AR1: the replay memory, the first-epoch staging of current latents, and the minibatch split;
+and the §4.7 rules (how many new patterns, which ones, which rows they replace), which
+:class:`clfast.plugins.LatentReplayPlugin`'s ``"ar1"`` policy shares.
 
 Specification: ``docs/avalanche-semantics.md`` §4.6 (minibatch composition) and §4.7 (memory
 update). What differs from Avalanche, on purpose (``docs/avalanche-differences.md``, "AR1"):
@@ -25,7 +27,8 @@ from torch import Tensor
 
 from .. import distributed as dist
 
-__all__ = ["LatentReplayMemory", "LatentStaging", "minibatch_split", "new_pattern_count", "rank_minibatch_split"]
+__all__ = ["LatentReplayMemory", "LatentStaging", "minibatch_split", "new_pattern_count", "new_pattern_positions",
+           "rank_minibatch_split", "replacement_slots"]
 
 #: Format version of :meth:`LatentReplayMemory.state_dict`.
 MEMORY_STATE_VERSION = 1
@@ -84,6 +87,23 @@ def new_pattern_count(rm_sz: int, exp_index: int, n_current: int, memory_size: i
     """
     h = min(rm_sz // (exp_index + 1), n_current)
     return min(h, memory_size) if memory_size > 0 else h
+
+
+def new_pattern_positions(n_current: int, h: int, generator: torch.Generator | None) -> Tensor:
+    """Which ``h`` of ``n_current`` patterns enter the memory, §4.7: ``randperm(n_current)[:h]`` (a uniform random
+    subset, in draw order)."""
+    return torch.randperm(n_current, generator=generator)[:h]
+
+
+def replacement_slots(size: int, n: int, generator: torch.Generator | None) -> Tensor:
+    """The memory rows ``n`` new patterns go to, §4.7: rows ``[0, n)`` of an empty memory (``size == 0``; they
+    then fix its size at ``n``), else ``n`` random distinct rows of the ``size`` filled ones
+    (``randperm(size)[:n]``)."""
+    if size == 0:
+        return torch.arange(n)
+    if n > size:
+        raise ValueError(f"{n} new patterns exceed the memory's size {size}")
+    return torch.randperm(size, generator=generator)[:n]
 
 
 def _check_device_type(device: torch.device, what: str) -> None:
@@ -201,15 +221,10 @@ class LatentReplayMemory:
             raise ValueError(f"latents of shape {tuple(acts.shape[1:])} do not match the memory's "
                              f"{tuple(self.x.shape[1:])}")
         self._wait_for_async_copies()
-        if self.size == 0:
-            if n > self.rm_sz:
-                raise ValueError(f"{n} patterns do not fit in a memory of {self.rm_sz}")
-            slots = torch.arange(n)
-            self.size = n
-        else:
-            if n > self.size:
-                raise ValueError(f"{n} new patterns exceed the memory's size {self.size}")
-            slots = torch.randperm(self.size, generator=generator)[:n]
+        if self.size == 0 and n > self.rm_sz:
+            raise ValueError(f"{n} patterns do not fit in a memory of {self.rm_sz}")
+        slots = replacement_slots(self.size, n, generator)
+        self.size = self.size or n
         if n:
             dev_slots = slots.to(self.x.device)
             self.x.index_copy_(0, dev_slots, acts.to(self.x.device, self.x.dtype))
@@ -314,7 +329,7 @@ class LatentStaging:
         if not 0 <= h <= n_total:
             raise ValueError(f"h must be in [0, n_total={n_total}], got {h}")
         self.n_total, self.h, self.device = n_total, h, torch.device(device)
-        chosen = torch.randperm(n_total, generator=generator)[:h]
+        chosen = new_pattern_positions(n_total, h, generator)
         self.slot_of = torch.full((n_total,), -1, dtype=torch.long)
         self.slot_of[chosen] = torch.arange(h)
         self.x: Tensor | None = None
