@@ -19,12 +19,7 @@ from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_stream(name: str = "train", n_exp: int = 3, n: int = 20, classes_per_exp: int = 2, seed: int = 0) -> Stream:

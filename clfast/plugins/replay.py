@@ -16,7 +16,7 @@ from .._checks import check_choice, check_int, is_int
 from ..training.plugins import SupervisedPlugin
 
 __all__ = ["POLICIES", "ClassBalancedBuffer", "ReplayPlugin", "ReservoirSamplingBuffer", "StoragePolicy",
-           "reservoir_slots"]
+           "make_policy", "reservoir_slots"]
 
 #: Format version of the state dicts of the plugin and of its storage policies.
 STATE_VERSION = 1
@@ -94,6 +94,19 @@ def _read(dataset: Any, indices: Sequence[int]) -> Rows:
         parts.append((batch[0], y, torch.as_tensor(batch[-1]).long().reshape(-1) if len(batch) > 2 else 0 * y))
     empty = (torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
     return tuple(torch.cat(p) for p in zip(*parts, strict=True)) if parts else empty  # type: ignore[return-value]
+
+
+def make_policy(what: str, policy: Any, policies: Mapping[str, Callable[..., Any]], mem_size: int,
+                seed: int) -> StoragePolicy:
+    """``policy`` as a storage policy of ``mem_size`` rows: a name from ``policies`` (built with ``seed``) or a
+    :class:`StoragePolicy` of that size; anything else is a clear error naming the argument ``what``."""
+    if isinstance(policy, str):
+        return policies[check_choice(what, policy, tuple(policies))](mem_size, seed=seed)
+    if not isinstance(policy, StoragePolicy):
+        raise TypeError(f"{what} must be one of {tuple(policies)} or a StoragePolicy, got {type(policy).__name__}")
+    if policy.max_size != mem_size:
+        raise ValueError(f"{what}.max_size ({policy.max_size}) must equal mem_size ({mem_size})")
+    return policy
 
 
 class StoragePolicy:
@@ -373,15 +386,7 @@ class ReplayPlugin(SupervisedPlugin):
         self.mem_size = check_int("mem_size", mem_size, low=1)
         self.seed = check_int("seed", seed, low=0, high=_MAX_SEED)
         self.batch_size_mem = None if batch_size_mem is None else check_int("batch_size_mem", batch_size_mem, low=1)
-        if isinstance(storage_policy, str):
-            storage_policy = POLICIES[check_choice("storage_policy", storage_policy, tuple(POLICIES))](
-                mem_size, seed=seed)
-        elif not isinstance(storage_policy, StoragePolicy):
-            raise TypeError(f"storage_policy must be one of {tuple(POLICIES)} or a StoragePolicy, "
-                            f"got {type(storage_policy).__name__}")
-        elif storage_policy.max_size != mem_size:
-            raise ValueError(f"storage_policy.max_size ({storage_policy.max_size}) must equal mem_size ({mem_size})")
-        self.storage_policy: StoragePolicy = storage_policy
+        self.storage_policy: StoragePolicy = make_policy("storage_policy", storage_policy, POLICIES, mem_size, seed)
         self._draws: torch.Generator | None = None  # made on the memory's device at the first draw
         self._loaded_draws: tuple[str, Tensor] | None = None  # (device type, state) from load_state_dict
 
