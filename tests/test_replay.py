@@ -14,7 +14,7 @@ from torch import nn
 
 from clfast.evaluation import EvaluationPlugin
 from clfast.plugins import PLUGINS, ClassBalancedBuffer, MASPlugin, ReplayPlugin, ReservoirSamplingBuffer
-from clfast.plugins.replay import reservoir_slots
+from clfast.plugins.replay_memory import reservoir_slots
 from clfast.strategies import regularized
 from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 from clfast.testing.plugin_fixtures import (

@@ -130,6 +130,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--quiet", action="store_true", help="print only the final report")
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="write DIR/checkpoint.pt (atomically) after every experience")
+    p.add_argument("--checkpoint-every", type=_POSITIVE, default=None,
+                   help="with --checkpoint-dir: also write the checkpoint every N training iterations inside an "
+                        "experience (at the end of an optimizer step); --resume continues at that iteration")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --checkpoint-dir, if there is one (same options required)")
     return p

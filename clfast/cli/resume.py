@@ -1,4 +1,5 @@
-"""``clfast train --checkpoint-dir DIR [--resume]``: a checkpoint after every experience, and resuming from it.
+"""``clfast train --checkpoint-dir DIR [--checkpoint-every N] [--resume]``: a checkpoint after every experience (and
+every N iterations inside one), and resuming from it.
 
 The checkpoint (``DIR/checkpoint.pt``, written atomically by :func:`clfast.training.checkpoint.save_checkpoint`)
 holds the strategy's complete state, the position in the stream, the timings so far and the run's
@@ -18,7 +19,7 @@ from .report import json_safe
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Options that may differ between the interrupted run and its resumption.
-_FREE = {"out", "plot", "quiet", "resume", "checkpoint_dir", "threads", "device", "command"}
+_FREE = {"out", "plot", "quiet", "resume", "checkpoint_dir", "checkpoint_every", "threads", "device", "command"}
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,9 +58,12 @@ def _load(args: argparse.Namespace, strategy: Any) -> tuple[int, dict[str, Any]]
     return int(cli["position"]), cli
 
 
-def save_after_experience(args: argparse.Namespace, strategy: Any, position: int, extra: dict[str, Any]) -> Path:
-    """Write the checkpoint for ``position`` experiences done (atomically); returns its path."""
+def save_after_experience(args: argparse.Namespace, strategy: Any, position: int, extra: dict[str, Any],
+                          in_experience: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint for ``position`` experiences done (atomically); returns its path. With
+    ``in_experience`` (``--checkpoint-every``), a checkpoint inside experience ``position``, where training
+    resumes (:mod:`clfast.training.in_experience`)."""
     obj = {"cli": {"config": run_config(args), "position": position, **extra},
-           "state": ck.strategy_state_dict(strategy)}
+           "state": ck.strategy_state_dict(strategy, in_experience=in_experience)}
     # Through the module attribute, so that the resume tests can interpose on the write (tests/_kill_entry.py).
     return ck.save_checkpoint(obj, Path(args.checkpoint_dir) / CHECKPOINT_NAME)

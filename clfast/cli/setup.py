@@ -89,6 +89,11 @@ def resolve_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--reg-lambda applies to {sorted(PLUGINS)}, not {args.strategy}")
     if args.resume and args.checkpoint_dir is None:
         raise CLIError("--resume needs --checkpoint-dir")
+    if getattr(args, "checkpoint_every", None) is not None:
+        if args.checkpoint_dir is None:
+            raise CLIError("--checkpoint-every needs --checkpoint-dir")
+        if ar1:
+            raise CLIError("argument --checkpoint-every: AR1 checkpoints at experience boundaries only", usage=True)
 
 
 @dataclass

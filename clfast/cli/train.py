@@ -10,6 +10,7 @@ follows every experience, and ``--resume`` continues from it (:mod:`clfast.cli.r
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 from typing import Any
@@ -72,6 +73,11 @@ def _train_stream(args: argparse.Namespace, run: Run, start: int, resumed: dict[
     for position, exp in enumerate(run.benchmark.train_stream):
         if position < start:
             continue
+        if args.checkpoint_every is not None:
+            checkpoints = run.strategy.in_experience_checkpoints
+            checkpoints.every = args.checkpoint_every
+            checkpoints.writer = functools.partial(_save_inside, args, position,
+                                                   {"train_exp_s": list(train_exp_s), "eval_s": eval_s})
         t0 = time.perf_counter()
         run.strategy.train(exp)
         train_exp_s.append(time.perf_counter() - t0)
@@ -87,3 +93,8 @@ def _train_stream(args: argparse.Namespace, run: Run, start: int, resumed: dict[
             resume.save_after_experience(args, run.strategy, position + 1,
                                          {"train_exp_s": train_exp_s, "eval_s": eval_s})
     return {"train_per_experience_s": train_exp_s, "eval_s": eval_s}
+
+
+def _save_inside(args: argparse.Namespace, position: int, extra: dict[str, Any], strategy: Any,
+                 in_experience: dict[str, Any]) -> None:
+    resume.save_after_experience(args, strategy, position, extra, in_experience=in_experience)

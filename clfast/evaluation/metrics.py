@@ -124,6 +124,16 @@ class _EpochExpStream:
     def after_training_epoch(self, strategy: Any) -> list[MetricValue] | None:
         return self._emit(self.epoch, "Epoch", self._epoch, strategy)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running epoch sums (what a checkpoint inside an epoch must carry; eval sums do not outlive an eval)."""
+        return {"epoch_sums": {t: float(v) for t, v in self._epoch.sums.items()},
+                "epoch_weights": dict(self._epoch.weights)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._epoch = _PerTask()
+        self._epoch.sums = {int(t): float(v) for t, v in state["epoch_sums"].items()}
+        self._epoch.weights = {int(t): float(v) for t, v in state["epoch_weights"].items()}
+
     def before_eval(self, strategy: Any) -> None:
         self._stream = _PerTask()
 

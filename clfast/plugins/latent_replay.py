@@ -22,11 +22,12 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from .._checks import check_bool, check_int
+from ..nn.latent_model import adopt_names
 from ..nn.split import split_at
 from ..training.plugins import SupervisedPlugin
 from ..training.utils import is_task_aware, module_modes
 from .latent_memory import new_pattern_count, new_pattern_positions, replacement_slots
-from .replay import _MAX_SEED, POLICIES, StoragePolicy, _check_generator_state, _generator, _read, make_policy
+from .replay_memory import _MAX_SEED, POLICIES, StoragePolicy, _check_generator_state, _generator, _read, make_policy
 
 __all__ = ["LATENT_POLICIES", "AR1Buffer", "LatentReplayPlugin"]
 
@@ -123,12 +124,7 @@ class _ReplayForward(nn.Module):
 
     def __init__(self, model: nn.Module, split: _Split) -> None:
         super().__init__()
-        for name, p in model.named_parameters(recurse=False):
-            self.register_parameter(name, p)
-        for name, b in model.named_buffers(recurse=False):
-            self.register_buffer(name, b)
-        for name, m in model.named_children():
-            self.add_module(name, m)
+        adopt_names(self, model)
         # Plain attributes, not submodules: the parts would add names the model does not have.
         self._parts = SimpleNamespace(split=split)
         self._replay: Tensor | None = None

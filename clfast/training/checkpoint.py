@@ -133,8 +133,9 @@ def _whole_state(strategy: Any) -> Any:
     return fn if callable(fn) and callable(getattr(strategy, "load_state_dict", None)) else None
 
 
-def strategy_state_dict(strategy: Any) -> dict[str, Any]:
-    """Everything needed to continue training ``strategy`` from the current experience boundary.
+def strategy_state_dict(strategy: Any, in_experience: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to continue training ``strategy`` from the current experience boundary, or, with
+    ``in_experience`` (where in the experience: :mod:`clfast.training.in_experience`), from inside it.
 
     A strategy with its own ``state_dict()``/``load_state_dict()`` (AR1) is saved through them; for the
     others the model, optimizer, clock and stateful plugins are saved here. The evaluator's history and the
@@ -149,6 +150,7 @@ def strategy_state_dict(strategy: Any) -> dict[str, Any]:
         "evaluator": evaluator.state_dict() if callable(getattr(evaluator, "state_dict", None)) else None,
         "rng": capture_rng(),
         "scaler": precision_of(strategy).state_dict(),  # the GradScaler's scale and growth tracker ("16-mixed")
+        "in_experience": None if in_experience is None else dict(in_experience),
     }
     whole = _whole_state(strategy)
     if whole is not None:
@@ -168,8 +170,21 @@ def load_strategy_state_dict(strategy: Any, state: Mapping[str, Any]) -> None:
 
     Checks that the checkpoint matches the strategy (format, model keys and shapes, plugin kinds) before
     changing anything, so a checkpoint of another model or configuration raises ``ValueError`` and leaves
-    the strategy as it was.
+    the strategy as it was. A checkpoint taken inside an experience is also kept pending: the next
+    ``train()`` of that experience applies it again after its ``before_training_exp`` hooks and continues
+    from the saved iteration.
     """
+    mid = state.get("in_experience")
+    if mid is not None and getattr(strategy, "in_experience_checkpoints", None) is None:
+        raise ValueError(f"the checkpoint was taken inside an experience; {type(strategy).__name__} cannot resume "
+                         "there (it has no in-experience checkpoints)")
+    apply_strategy_state(strategy, state)
+    if mid is not None:
+        strategy.in_experience_checkpoints.pending = dict(state)
+
+
+def apply_strategy_state(strategy: Any, state: Mapping[str, Any]) -> None:
+    """:func:`load_strategy_state_dict` without keeping an in-experience checkpoint pending."""
     if state.get("format") != FORMAT or state.get("version") != VERSION:
         raise ValueError(f"not a clfast checkpoint of version {VERSION} (format {state.get('format')!r}, "
                          f"version {state.get('version')!r})")

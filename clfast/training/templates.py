@@ -6,6 +6,7 @@ See ``docs/plugin-api.md`` for the contract.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from .._checks import check_choice, check_int
 from ..evaluation import EvaluationPlugin, default_evaluator
 from .base import BaseTemplate
 from .clock import Clock
+from .in_experience import InExperienceCheckpoints, file_writer
 from .periodic_eval import PEVAL_MODES, PeriodicEval
 from .plugins import SUPERVISED_HOOKS, BasePlugin, SupervisedPlugin
 from .precision import Precision
@@ -38,6 +40,10 @@ class SupervisedTemplate(BaseTemplate):
         train_iterations: an iteration budget per training experience instead (>= 1, or None): exactly this many
             minibatches, in as many epochs (passes over the shuffled data) as it takes; ``train_epochs`` is then
             ignored. (The protocol of van de Ven & Tolias 2019: 2000 iterations per task.)
+        checkpoint_every, checkpoint_path: write a checkpoint to ``checkpoint_path`` (atomically) every
+            ``checkpoint_every`` training iterations inside an experience, at the end of an optimizer step; after
+            :func:`clfast.training.checkpoint.load_strategy_state_dict` of it, training that experience resumes
+            at the saved iteration exactly (``docs/large-models.md``).
         eval_mb_size: eval minibatch size; ``None`` means ``train_mb_size``.
         device: a ``torch.device`` or string; ``None`` means CPU.
         plugins: user plugins, called in list order, before the evaluator, PeriodicEval and the Clock.
@@ -82,7 +88,8 @@ class SupervisedTemplate(BaseTemplate):
                  device: str | torch.device | None = None, plugins: Sequence[Any] | None = None,
                  evaluator: EvaluationPlugin | Callable[[], EvaluationPlugin] | None = default_evaluator,
                  eval_every: int = -1, peval_mode: str = "epoch", precision: str | Precision = "32",
-                 accumulate_grad_batches: int = 1, train_iterations: int | None = None) -> None:
+                 accumulate_grad_batches: int = 1, train_iterations: int | None = None,
+                 checkpoint_every: int | None = None, checkpoint_path: str | os.PathLike | None = None) -> None:
         # A size or count of the wrong type is a ValueError here, as it has always been for the templates.
         self.train_mb_size = check_int("train_mb_size", train_mb_size, low=1, type_error=ValueError)
         self.train_epochs = check_int("train_epochs", train_epochs, low=1, type_error=ValueError)
@@ -93,6 +100,13 @@ class SupervisedTemplate(BaseTemplate):
         self.accumulate_grad_batches = check_int("accumulate_grad_batches", accumulate_grad_batches, low=1)
         self.train_iterations = (None if train_iterations is None else
                                  check_int("train_iterations", train_iterations, low=1, type_error=ValueError))
+        if checkpoint_every is not None:
+            check_int("checkpoint_every", checkpoint_every, low=1, type_error=ValueError)
+            if checkpoint_path is None:
+                raise ValueError("checkpoint_every needs a checkpoint_path to write to")
+        #: In-experience checkpoints: ``every`` (iterations, or None) and the ``writer`` (the CLI sets its own).
+        self.in_experience_checkpoints = InExperienceCheckpoints(
+            checkpoint_every, None if checkpoint_path is None else file_writer(checkpoint_path))
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if criterion is None:
@@ -178,6 +192,7 @@ class SupervisedTemplate(BaseTemplate):
         self.make_train_dataloader(**kwargs)
         self.check_model_and_optimizer()
         super()._before_training_exp(**kwargs)
+        self.in_experience_checkpoints.start_experience(self)  # a pending in-experience checkpoint, if any
 
     def train_dataset_adaptation(self, **kwargs: Any) -> None:
         """``adapted_dataset`` = the experience's dataset in train mode (``dataset.train()`` when it has one)."""
@@ -243,13 +258,14 @@ class SupervisedTemplate(BaseTemplate):
         return max(0, self.train_iterations - self.clock.train_exp_iterations)
 
     def _train_exp(self, **kwargs: Any) -> None:
-        epochs_done = 0
+        epochs_done = self.in_experience_checkpoints.first_epoch()
         while self._another_epoch(epochs_done):
             epochs_done += 1
-            self._trigger("before_training_epoch", **kwargs)
-            if self._stop_training:
-                self._stop_training = False
-                break
+            if not self.in_experience_checkpoints.resuming_epoch():  # a resumed epoch has begun before
+                self._trigger("before_training_epoch", **kwargs)
+                if self._stop_training:
+                    self._stop_training = False
+                    break
             sampler = getattr(self.dataloader, "sampler", None)
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(self.clock.train_exp_epochs)
@@ -273,15 +289,18 @@ class SupervisedTemplate(BaseTemplate):
         """One pass over ``dataloader``: :meth:`training_iteration` on each minibatch, until ``stop_training()`` or
         the end of the ``train_iterations`` budget."""
         self._window_pos = 0
+        batches, done = self.in_experience_checkpoints.epoch_batches(self.dataloader)
         budget = self._iterations_left()
         try:
-            self._epoch_left = len(self.dataloader) if budget is None else min(budget, len(self.dataloader))
+            left = len(self.dataloader) - done
+            self._epoch_left = left if budget is None else min(budget, left)
         except TypeError:  # an iterable without a length: windows of k, the last one stepped only if full
             self._epoch_left = budget
-        for mbatch in self.dataloader:
+        for mbatch in batches:
             if self._stop_training or self._iterations_left() == 0:
                 break
             self.training_iteration(mbatch, **kwargs)
+            self.in_experience_checkpoints.after_iteration(self)
         self._epoch_left = None
 
     def _plan_step(self) -> None:
