@@ -1,18 +1,28 @@
 """Benchmark of AR1: time per training iteration of ``clfast.strategies.AR1`` against an Avalanche-style composition.
 
-Both contenders train the same MobileNetV1 (same initial weights, ``clfast.nn.MobileNetV1``) on the same synthetic
-class-incremental stream (random images, nothing downloaded): a short first experience (classes 0-9), then the
-*second* experience (classes 10-19), which is timed: from then on the replay memory and the frozen ``lat_features``
-are active. Before the second experience, both memories are set to the same ``rm_sz`` random latents (so the
-replay slices are full-size without a long first experience).
+Both contenders train the same network (same initial weights) on the same synthetic class-incremental stream (random
+images, nothing downloaded): a short first experience (classes 0-9), then the *second* experience (classes 10-19),
+which is timed: from then on the replay memory and the frozen lower part are active. Before the second experience,
+both memories are set to the same ``rm_sz`` random latents (so the replay slices are full-size without a long first
+experience).
+
+Backbones (``--backbone``):
+
+- ``mobilenet`` (default): ``clfast.nn.MobileNetV1`` split after entry 19 (§4.2), AR1's own model.
+- ``resnet18``: a torchvision-layout ResNet-18 (``clfast.testing.resnet``, ``--resnet-width``, 64 as torchvision)
+  split at ``--latent-layer`` (default ``layer3``: latents of shape (2·width, s/8, s/8) at s px). clfast trains it
+  as ``AR1(model=resnet, latent_layer=...)`` (:class:`clfast.nn.LatentModel`, the split traced by torch.fx); the
+  peer as an Avalanche user would, the same modules in a hand-written latent wrapper (``EagerLatentNet``: the
+  stem, ``layer1`` and ``layer2`` as ``lat_features``; ``layer3``, ``layer4`` and the pool as ``end_features``;
+  ``fc`` as ``output``), frozen below ``end_features``.
 
 Contenders:
 
 - ``clfast``: :class:`clfast.strategies.AR1` (fused BRN ops, CWR* and SI on the device, preallocated latent memory,
   staged first-epoch latents).
-- ``avalanche``: Avalanche's ``AR1`` written out below in the same template (``avalanche-semantics.md`` §4):
-  eager ``BatchRenorm2D`` (``bench_batch_renorm.AvalancheBatchRenorm2D``, with Avalanche's eval branch, which still
-  computes the batch statistics), CWR* consolidating in numpy with its state on the model object, SI from
+- ``avalanche``: Avalanche's ``AR1`` in the same template (``clfast.testing.avalanche.ar1.EagerAR1``,
+  ``avalanche-semantics.md`` §4): eager ``BatchRenorm2D`` (with Avalanche's eval branch, which still computes the
+  batch statistics), CWR* consolidating in numpy with its state on the model object, SI from
   ``clfast.testing.avalanche.AvalancheSI`` (state on the CPU: host copies every iteration), the memory on the CPU
   replayed in sequential slices, and every first-epoch latent appended to a CPU buffer with ``torch.cat``.
 
@@ -24,9 +34,11 @@ over the timed iterations (after ``--warmup`` per run) is reported, with the mea
 ``cat`` of the first epoch) and the ratio avalanche / clfast. Target (issue 6): >= 2x on CPU at 128 px, batch 32;
 >= 3x on an H100 at batch 128.
 
-Writes ``benchmarks/results/ar1_<device>.{json,md}`` (``--out``).
+Writes ``benchmarks/results/ar1_<device>.{json,md}`` for MobileNetV1 and ``ar1_<device>-resnet18-<s>px.{json,md}``
+for the ResNet (``--out``).
 
-Usage: ``python benchmarks/bench_ar1.py [--device cpu|cuda] [--image-size 128] [--batch 32] [--rm-size 1500]``
+Usage: ``python benchmarks/bench_ar1.py [--device cpu|cuda] [--image-size 128] [--batch 32] [--rm-size 1500]
+[--backbone mobilenet|resnet18]``
 """
 
 from __future__ import annotations
@@ -35,22 +47,19 @@ import argparse
 import copy
 import statistics
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 import clfast
-from clfast.nn import MobileNetV1, filter_bn_and_brn, freeze_up_to
+from clfast.nn import MobileNetV1
 from clfast.strategies import AR1
-from clfast.testing.avalanche import AvalancheBatchRenorm2D, AvalancheSI
+from clfast.testing.avalanche.ar1 import EagerAR1, EagerLatentNet
 from clfast.testing.bench import device_name, sync, write_results
 from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
-from clfast.training import SupervisedTemplate
-from clfast.training.utils import make_loader
+from clfast.testing.resnet import resnet18
 
 HERE = Path(__file__).resolve().parent
 #: AR1's hyper-parameters (issue 6 / §4.1), shared by both contenders.
@@ -60,196 +69,6 @@ TARGETS = {"cpu": 2.0, "cuda": 3.0}
 
 
 # ------------------------------------------------------------------------------------------ the eager composition
-
-
-class EagerBRN(AvalancheBatchRenorm2D):
-    """Avalanche's ``BatchRenorm2D`` (§5): the eager training forward of ``bench_batch_renorm`` plus the eval branch,
-    which still computes (and discards) the batch statistics; built from a BatchNorm as ``replace_bn_with_brn``."""
-
-    def __init__(self, bn: nn.BatchNorm2d, momentum: float, step: float, max_r_max: float, max_d_max: float):
-        super().__init__(bn.num_features, eps=bn.eps, momentum=momentum, step=step)
-        with torch.no_grad():
-            self.gamma.copy_(bn.weight.reshape(1, -1, 1, 1))
-            self.beta.copy_(bn.bias.reshape(1, -1, 1, 1))
-        self.running_avg_mean = bn.running_mean.detach().clone().reshape(1, -1, 1, 1)
-        self.running_avg_std = torch.sqrt(bn.running_var.detach().clone()).reshape(1, -1, 1, 1)
-        self.max_r_max, self.max_d_max = max_r_max, max_d_max
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            return super().forward(x)
-        self.running_avg_mean = self.running_avg_mean.to(x.device)
-        self.running_avg_std = self.running_avg_std.to(x.device)
-        torch.mean(x, dim=(0, 2, 3), keepdim=True)  # Avalanche computes the batch statistics in eval mode too
-        torch.sqrt(torch.var(x, dim=(0, 2, 3), keepdim=True, unbiased=False) + self.eps)
-        x = (x - self.running_avg_mean) / self.running_avg_std
-        return self.gamma * x + self.beta
-
-
-def eager_replace_bn(m: nn.Module, **kw: float) -> None:
-    for name, child in list(m.named_children()):
-        if isinstance(child, nn.BatchNorm2d):
-            setattr(m, name, EagerBRN(child, **kw))
-        else:
-            eager_replace_bn(child, **kw)
-
-
-def eager_change_brn_pars(m: nn.Module, momentum: float, r_max: float, d_max: float) -> None:
-    for layer in m.modules():
-        if isinstance(layer, EagerBRN):
-            layer.momentum, layer.r_max, layer.d_max = momentum, r_max, d_max
-
-
-def examples_per_class(targets: Any) -> dict[int, int]:
-    classes, counts = torch.unique(torch.as_tensor(targets), return_counts=True)
-    out: dict[int, int] = defaultdict(int)
-    out.update({int(c): int(n) for c, n in zip(classes, counts, strict=True)})
-    return out
-
-
-class EagerCWRStar:
-    """Avalanche's ``CWRStarPlugin`` (§4.8): state on the model object, consolidation in numpy on the CPU, the layer
-    looked up by name every time."""
-
-    def __init__(self, model: nn.Module, cwr_layer_name: str) -> None:
-        self.model, self.cwr_layer_name = model, cwr_layer_name
-        self.cur_class: list[int] = []
-        model.saved_weights, model.past_j, model.cur_j = {}, defaultdict(int), defaultdict(int)
-
-    def _layer(self) -> nn.Module:
-        return dict(self.model.named_modules())[self.cwr_layer_name]
-
-    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        self.model.cur_j = examples_per_class(strategy.experience.dataset.targets)
-        self.cur_class = [c for c in self.model.cur_j if self.model.cur_j[c] > 0]
-        self.reset_weights(self.cur_class)
-
-    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        self.consolidate_weights()
-        self.set_consolidate_weights()
-
-    @torch.no_grad()
-    def consolidate_weights(self) -> None:
-        w = self._layer().weight
-        globavg = np.average(w.detach().cpu().numpy()[self.cur_class])
-        for c in self.cur_class:
-            new_w = w.detach().cpu().numpy()[c] - globavg
-            if c in self.model.saved_weights:
-                wpast_j = np.sqrt(self.model.past_j[c] / self.model.cur_j[c])
-                self.model.saved_weights[c] = (self.model.saved_weights[c] * wpast_j + new_w) / (wpast_j + 1)
-                self.model.past_j[c] += self.model.cur_j[c]
-            else:
-                self.model.saved_weights[c] = new_w
-                self.model.past_j[c] = self.model.cur_j[c]
-
-    @torch.no_grad()
-    def set_consolidate_weights(self) -> None:
-        w = self._layer().weight
-        for c, saved in self.model.saved_weights.items():
-            w[c].copy_(torch.from_numpy(saved))
-
-    @torch.no_grad()
-    def reset_weights(self, cur_clas: list[int]) -> None:
-        w = self._layer().weight
-        w.fill_(0.0)
-        for c, saved in self.model.saved_weights.items():
-            if c in cur_clas:
-                w[c].copy_(torch.from_numpy(saved))
-
-
-class EagerAR1(SupervisedTemplate):
-    """Avalanche's ``AR1`` (§4.5-4.7) on clfast's template steps: its own modes, freezing, BRN switch and SGD per
-    experience; the §4.6 composition with sequential unshuffled replay slices; first-epoch latents appended with
-    ``torch.cat`` on the CPU; the §4.7 update (with its dataset-order labels)."""
-
-    def __init__(self, model: nn.Module, *, rm_sz: int, train_mb_size: int, train_epochs: int, ewc_lambda: float,
-                 device: str, plugins: list[Any], freeze_below_layer: str = "lat_features.19.bn") -> None:
-        hp = HPARAMS
-        eager_replace_bn(model, momentum=hp["init_update_rate"], step=hp["inc_step"], max_r_max=hp["max_r_max"],
-                         max_d_max=hp["max_d_max"])
-        optimizer = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["l2"])
-        own: list[Any] = []
-        if ewc_lambda:
-            own.append(AvalancheSI(ewc_lambda, excluded_parameters=["output"], si_alias_defect=False))
-        self.cwr = EagerCWRStar(model, "output")
-        own.append(self.cwr)
-        super().__init__(model, optimizer, None, train_mb_size=train_mb_size, train_epochs=train_epochs,
-                         eval_mb_size=train_mb_size, device=device, plugins=[*plugins, *own], evaluator=None)
-        self.rm_sz, self.freeze_below_layer = rm_sz, freeze_below_layer
-        self.rm: list[Tensor] | None = None
-        self.cur_acts: Tensor | None = None
-        self.replay_mb_size = 0
-        self._it = 0
-        self._lat_mb_x: Tensor | None = None
-        self._lat_acts: Tensor | None = None
-
-    def _before_training_exp(self, **kwargs: Any) -> None:
-        hp = HPARAMS
-        self.model.eval()
-        self.model.end_features.train()
-        self.model.output.train()
-        if self.clock.train_exp_counter > 0:
-            freeze_up_to(self.model, self.freeze_below_layer, layer_filter=filter_bn_and_brn)
-            eager_change_brn_pars(self.model, hp["inc_update_rate"], hp["max_r_max"], hp["max_d_max"])
-            self.model.to(self.device)
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=hp["inc_lr"], momentum=hp["momentum"],
-                                             weight_decay=hp["l2"])
-        super()._before_training_exp(**kwargs)
-        if self.clock.train_exp_counter > 0 and self.rm is not None:
-            for class_id, count in examples_per_class(self.rm[1]).items():
-                self.model.cur_j[class_id] += count
-            self.cwr.cur_class = [c for c in self.model.cur_j if self.model.cur_j[c] > 0]
-            self.cwr.reset_weights(self.cwr.cur_class)
-
-    def make_train_dataloader(self, **kwargs: Any) -> None:
-        current_batch_mb_size = self.train_mb_size
-        if self.clock.train_exp_counter > 0:
-            n = len(self.adapted_dataset)
-            current_batch_mb_size = n // ((n + self.rm_sz) // self.train_mb_size)
-        current_batch_mb_size = max(1, current_batch_mb_size)
-        self.replay_mb_size = max(0, self.train_mb_size - current_batch_mb_size)
-        self.dataloader = make_loader(self.adapted_dataset, current_batch_mb_size, shuffle=True)
-
-    def training_epoch(self, **kwargs: Any) -> None:
-        self._it = 0  # the iteration's index in the epoch: which sequential replay slice it takes
-        super().training_epoch(**kwargs)
-
-    def _before_forward_step(self) -> None:
-        self._lat_mb_x = None
-        if self.clock.train_exp_counter > 0 and self.rm is not None:
-            start, end = self.replay_mb_size * self._it, self.replay_mb_size * (self._it + 1)
-            self._lat_mb_x = self.rm[0][start:end].to(self.device)
-            lat_mb_y = self.rm[1][start:end].to(self.device)
-            self.mbatch[1] = torch.cat((self.mb_y, lat_mb_y), 0)
-            self.mbatch[2] = torch.cat((self.mbatch[2], torch.zeros(len(lat_mb_y), device=self.device)), 0)
-
-    def forward(self) -> Any:
-        if not self.is_training:
-            return super().forward()
-        out, self._lat_acts = self.model(self.mb_x, latent_input=self._lat_mb_x, return_lat_acts=True)
-        return out
-
-    def _after_forward_step(self) -> None:
-        if self.clock.train_exp_epochs == 0:  # every first-epoch latent, appended on the CPU
-            lat_acts = self._lat_acts.detach().clone().cpu()
-            self.cur_acts = lat_acts if self._it == 0 else torch.cat((self.cur_acts, lat_acts), 0)
-        self._lat_acts = None
-        self._it += 1
-
-    def _after_training_exp(self, **kwargs: Any) -> None:
-        assert self.cur_acts is not None
-        h = min(self.rm_sz // (self.clock.train_exp_counter + 1), self.cur_acts.size(0))
-        idxs_cur = torch.randperm(self.cur_acts.size(0))[:h]
-        rm_add = [self.cur_acts[idxs_cur], torch.as_tensor(self.experience.dataset.targets)[idxs_cur]]
-        if self.clock.train_exp_counter == 0 or self.rm is None:
-            self.rm = rm_add
-        else:
-            idxs_2_replace = torch.randperm(self.rm[0].size(0))[:h]
-            for j, idx in enumerate(idxs_2_replace):
-                self.rm[0][idx] = rm_add[0][j]
-                self.rm[1][idx] = rm_add[1][j]
-        self.cur_acts = None
-        super()._after_training_exp(**kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------ timing
@@ -288,27 +107,41 @@ def make_stream(n_first: int, n_second: int, image_size: int, seed: int = 0) -> 
     return stream
 
 
+def eager_latent_resnet(net: nn.Module, latent_layer: str) -> EagerLatentNet:
+    """The ResNet's modules in Avalanche's latent form, split before the top-level module ``latent_layer``."""
+    stages = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4, net.avgpool]
+    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]
+    if latent_layer not in names[1:]:
+        raise ValueError(f"--latent-layer must be one of {names[1:]} (a top-level module of the ResNet)")
+    cut = names.index(latent_layer)
+    return EagerLatentNet(stages[:cut], [*stages[cut:], nn.Flatten()], net.fc)
+
+
 def build(args: argparse.Namespace, base: nn.Module) -> dict[str, tuple[Any, IterationTimer]]:
     out = {}
+    resnet = args.backbone == "resnet18"
+    common = {"rm_sz": args.rm_size, "train_mb_size": args.batch, "train_epochs": args.epochs,
+              "ewc_lambda": args.ewc_lambda, "device": args.device}
+    # the same layers frozen in both: everything before the latent layer (AR1's default with latent_layer)
+    split = {"latent_layer": args.latent_layer} if resnet else {"freeze_below_layer": "lat_features.19.bn"}
     timer = IterationTimer(args.device)
-    out["clfast"] = (AR1(model=copy.deepcopy(base), rm_sz=args.rm_size, train_mb_size=args.batch,
-                         train_epochs=args.epochs, ewc_lambda=args.ewc_lambda, device=args.device, plugins=[timer],
-                         evaluator=None, freeze_below_layer="lat_features.19.bn", **HPARAMS), timer)
+    out["clfast"] = (AR1(model=copy.deepcopy(base), plugins=[timer], evaluator=None, **split, **common, **HPARAMS),
+                     timer)
     timer = IterationTimer(args.device)
-    out["avalanche"] = (EagerAR1(copy.deepcopy(base), rm_sz=args.rm_size, train_mb_size=args.batch,
-                                 train_epochs=args.epochs, ewc_lambda=args.ewc_lambda, device=args.device,
-                                 plugins=[timer]), timer)
+    peer = eager_latent_resnet(copy.deepcopy(base), args.latent_layer) if resnet else copy.deepcopy(base)
+    out["avalanche"] = (EagerAR1(peer, hparams=HPARAMS, plugins=[timer], **common,
+                                 **({"freeze_below_layer": "end_features"} if resnet else {})), timer)
     return out
 
 
 def check_agreement(strategies: dict[str, tuple[Any, IterationTimer]], image_size: int, device: str) -> float:
-    """Both converted models give the same eval outputs (BRN from BN; clfast's σ_run keeps eps, hence a tolerance)."""
+    """Both converted models give the same eval logits (BRN from BN; clfast's σ_run keeps eps, hence a tolerance)."""
     x = torch.randn(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(device)
     outs = []
     for s, _ in strategies.values():
         s.model.to(device).eval()
         with torch.no_grad():
-            outs.append(s.model.end_features(s.model.lat_features(x)).flatten(1))
+            outs.append(s.model(x))
     err = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max().clamp_min(1e-12))
     if err > 1e-3:
         raise AssertionError(f"clfast and the eager composition disagree before training (relative error {err:.2e})")
@@ -325,11 +158,16 @@ def set_memory(s: Any, x: Tensor, y: Tensor, device: str) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
-    base = MobileNetV1(num_classes=50, width_mult=args.width_mult)
+    if args.backbone == "resnet18":
+        base = resnet18(num_classes=50, width=args.resnet_width)
+    else:
+        base = MobileNetV1(num_classes=50, width_mult=args.width_mult)
     stream = make_stream(args.n_first, args.n_second, args.image_size)
     strategies = build(args, base)
     agreement = check_agreement(strategies, args.image_size, args.device)
-    latent_shape = base.latent_shape(args.image_size)
+    lower = strategies["clfast"][0].model.lat_features
+    with torch.no_grad():
+        latent_shape = tuple(lower(torch.zeros(1, 3, args.image_size, args.image_size, device=args.device)).shape[1:])
     g = torch.Generator().manual_seed(2)
     mem_x = torch.randn(args.rm_size, *latent_shape, generator=g).relu_()
     mem_y = torch.randint(0, 10, (args.rm_size,), generator=g)
@@ -365,13 +203,15 @@ def run(args: argparse.Namespace) -> dict:
 def to_markdown(result: dict) -> str:
     c, comp = result["config"], result["composition"]
     si = f"on (λ={c['ewc_lambda']})" if c["ewc_lambda"] else "off"
+    backbone = (f"ResNet-18 width {c['resnet_width']} split at {c['latent_layer']}" if c["backbone"] == "resnet18"
+                else f"MobileNetV1 width {c['width_mult']}")
     lines = [
         f"# AR1: time per training iteration, {result['device_name']}, torch {result['torch']}",
         "",
         f"Second experience: {c['n_second']} patterns, {c['image_size']} px, batch {c['batch']} = {comp['current']} "
         f"current + {comp['replayed']} replayed latents of shape {tuple(comp['latent_shape'])}, rm_sz "
         f"{c['rm_size']}, {c['epochs']} epoch(s), SI {si}"
-        f", width {c['width_mult']}; {c['rounds']} alternating runs per contender, {c['warmup']} warm-up "
+        f", {backbone}; {c['rounds']} alternating runs per contender, {c['warmup']} warm-up "
         "iterations dropped per run.",
         "",
         "| contender | iterations | median ms | mean ms | min ms | median ratio (vs clfast) | mean ratio |",
@@ -398,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--ewc-lambda", type=float, default=1.0)
     p.add_argument("--width-mult", type=float, default=1.0, help="MobileNetV1 width (smaller for smoke runs)")
+    p.add_argument("--backbone", default="mobilenet", choices=["mobilenet", "resnet18"])
+    p.add_argument("--resnet-width", type=int, default=64, help="ResNet-18 stem width (torchvision: 64)")
+    p.add_argument("--latent-layer", default="layer3", help="ResNet-18: the top-level module starting the upper part")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: keep torch's)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
@@ -412,7 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     try:
         result = run(args)
-        write_results(args.out, "ar1", args.device, result, to_markdown(result))
+        suffix = f"-resnet18-{args.image_size}px" if args.backbone == "resnet18" else ""
+        write_results(args.out, "ar1", args.device, result, to_markdown(result), suffix)
     finally:
         torch.set_num_threads(threads)
     return result

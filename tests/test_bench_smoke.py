@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from clfast.testing.model_shapes import MODELS
 
 
@@ -70,14 +72,18 @@ def test_plugin_benchmark_runs_every_contender_and_writes_results(tmp_path):
     assert len(list(tmp_path.glob("plugins_cpu-*.json"))) == 1 and len(list(tmp_path.glob("plugins_cpu-*.md"))) == 1
 
 
-def test_ar1_benchmark_runs_both_contenders_and_writes_results(tmp_path):
+@pytest.mark.parametrize("backbone", [["--width-mult", "0.25"],
+                                      ["--backbone", "resnet18", "--resnet-width", "8", "--latent-layer", "layer3"]])
+def test_ar1_benchmark_runs_both_contenders_and_writes_results(tmp_path, backbone):
     bench_ar1 = _script("bench_ar1")
 
     result = bench_ar1.main(["--image-size", "32", "--batch", "8", "--rm-size", "20", "--n-second", "24",
-                             "--width-mult", "0.25", "--epochs", "1", "--rounds", "1", "--warmup", "1",
+                             "--epochs", "1", "--rounds", "1", "--warmup", "1", *backbone,
                              "--threads", "1", "--out", str(tmp_path)])
     rows = {r["contender"]: r for r in result["rows"]}
     assert set(rows) == {"clfast", "avalanche"}
     assert all(r["iterations"] > 0 and r["median_ms"] > 0 for r in rows.values())
     assert result["composition"]["current"] + result["composition"]["replayed"] == 8
+    # MobileNetV1 after entry 19 at 32 px: (128 channels at width 0.25, 2, 2); ResNet-18 before layer3: (16, 4, 4)
+    assert result["composition"]["latent_shape"] == ([128, 2, 2] if len(backbone) == 2 else [16, 4, 4])
     assert len(list(tmp_path.glob("ar1_*.json"))) == 1 and len(list(tmp_path.glob("ar1_*.md"))) == 1

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
+from .latent_model import join_latents
 
 __all__ = ["MOBILENET_V1_LAYERS", "LayerSpec", "MobileNetV1", "pytorchcv_to_clfast"]
 
@@ -206,32 +207,15 @@ class MobileNetV1(nn.Module):
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"MobileNetV1 expects a tensor input, got {type(x).__name__}")
-        if latent_input is None:
-            self._check_image(x)
-            lat_acts = self.lat_features(x)
-            feats = lat_acts
-        else:
-            if not isinstance(latent_input, Tensor):
-                raise TypeError(f"latent_input must be a tensor, got {type(latent_input).__name__}")
-            if latent_input.dim() != 4 or latent_input.shape[1] != self.latent_channels:
-                raise ValueError(f"latent_input must be (R, {self.latent_channels}, H, W), got "
-                                 f"{tuple(latent_input.shape)}")
-            if x.dim() >= 1 and x.shape[0] == 0:
-                lat_acts = latent_input.new_empty((0, *latent_input.shape[1:]))
-                feats = latent_input
-            else:
-                self._check_image(x)
-                with torch.no_grad():
-                    lat_acts = self.lat_features(x)
-                if lat_acts.shape[1:] != latent_input.shape[1:]:
-                    raise ValueError(f"latent_input has per-sample shape {tuple(latent_input.shape[1:])}, but the "
-                                     f"current inputs give latents of shape {tuple(lat_acts.shape[1:])}")
-                if latent_input.device != lat_acts.device:
-                    raise ValueError(f"latent_input is on {latent_input.device}, the inputs on {lat_acts.device}")
-                feats = torch.cat((lat_acts, latent_input.to(lat_acts.dtype)), dim=0)
+        lat_acts, feats = join_latents(self.lat_features, x, latent_input, check_input=self._check_image,
+                                       check_latent=self._check_latent)
         out = self.end_features(feats)
         logits = self.output(out.flatten(1))
         return (logits, lat_acts) if return_lat_acts else logits
+
+    def _check_latent(self, latent_input: Tensor) -> None:
+        if latent_input.dim() != 4 or latent_input.shape[1] != self.latent_channels:
+            raise ValueError(f"latent_input must be (R, {self.latent_channels}, H, W), got {tuple(latent_input.shape)}")
 
     def _check_image(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

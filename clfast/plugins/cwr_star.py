@@ -21,26 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_bool, is_int
+from ..nn.latent_model import get_last_fc_layer  # re-exported: it also picks LatentModel's output
 from ..training.plugins import SupervisedPlugin
 from .base import STATE_VERSION, check_header
 
 __all__ = ["CWRStarPlugin", "get_last_fc_layer"]
-
-
-def get_last_fc_layer(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The last ``nn.Linear`` of ``model`` in ``named_modules()`` order, as ``(name, module)`` (§4.10).
-
-    Raises ``ValueError`` when the model has none.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    found: tuple[str, nn.Linear] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            found = (name, module)
-    if found is None:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer for CWR*; pass cwr_layer_name")
-    return found
 
 
 def _state_dtype(weight: Tensor) -> torch.dtype:

@@ -9,7 +9,6 @@ labels, a memory reshuffled every epoch, preallocated storage, freeze targets th
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,8 +18,9 @@ from torch import Tensor, nn
 from .. import distributed as dist
 from .._checks import check_float, check_int
 from ..evaluation import EvaluationPlugin, default_evaluator
-from ..nn import MobileNetV1, change_brn_pars, replace_bn_with_brn
+from ..nn import LatentModel, MobileNetV1, change_brn_pars, replace_bn_with_brn
 from ..nn.freeze import filter_bn_and_brn, freeze_up_to
+from ..nn.latent_model import check_latent_model, output_layer_name
 from ..plugins import CWRStarPlugin, SynapticIntelligencePlugin
 from ..plugins.latent_memory import LatentReplayMemory, LatentStaging, new_pattern_count, rank_minibatch_split
 from ..training.templates import SupervisedTemplate
@@ -29,47 +29,21 @@ from .ar1_state import AR1StateMixin
 
 __all__ = ["AR1", "ar1_from_optimizer", "check_latent_model"]
 
-def check_latent_model(model: Any) -> nn.Module:
-    """Check that ``model`` has AR1's latent split (§4.2); returns it, or raises a TypeError saying what is missing.
-
-    Needed: sub-modules ``lat_features`` (input → latent), ``end_features`` (latent → features, ending with a
-    pooling/flatten to ``output``'s input size) and ``output`` (an ``nn.Linear``, CWR*'s layer), and a
-    ``forward(x, latent_input=None, return_lat_acts=False)`` that runs ``lat_features`` without gradients when
-    ``latent_input`` is given, puts the current patterns first, and returns ``(logits, current latents)`` with
-    ``return_lat_acts``; :class:`clfast.nn.MobileNetV1` is such a model.
-    """
-    need = "lat_features, end_features, output and forward(x, latent_input=None, return_lat_acts=False)"
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"AR1's model must be a torch.nn.Module with {need}; got {type(model).__name__}")
-    missing = [n for n in ("lat_features", "end_features", "output") if not isinstance(getattr(model, n, None),
-                                                                                          nn.Module)]
-    if missing:
-        raise TypeError(f"AR1's model needs {need} (see clfast.nn.MobileNetV1); {type(model).__name__} lacks "
-                        f"the sub-module(s) {missing}")
-    if not isinstance(model.output, nn.Linear):
-        raise TypeError(f"AR1's model.output must be an nn.Linear (CWR* consolidates its rows), got "
-                        f"{type(model.output).__name__}")
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        params = {}
-    has_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    lacking = [n for n in ("latent_input", "return_lat_acts") if n not in params and not has_kwargs]
-    if lacking:
-        raise TypeError(f"AR1's model needs {need}; {type(model).__name__}.forward has no parameter(s) {lacking}")
-    return model
-
+#: Avalanche's default ``freeze_below_layer`` (MobileNetV1's); with ``latent_layer`` it means the latent layer.
+_DEFAULT_FREEZE = "lat_features.19.bn.beta"
 
 class AR1(AR1StateMixin, SupervisedTemplate):
     """AR1*: CWR* on the output layer, Batch Renormalization, latent replay and optionally SI (§4).
 
-    The model is split at a latent layer: ``lat_features`` (frozen from the second experience on, always in eval
-    mode, §4.5), ``end_features`` and ``output`` (trained on current patterns plus replayed latents). Every BN layer
-    becomes a :class:`clfast.nn.BatchRenorm2d` at construction (§4.3). Per experience (§4.5): from the second one the
-    model is frozen below ``freeze_below_layer`` (norm layers excluded), the BRN settings switch to the incremental
-    ones and a new SGD with ``inc_lr`` is built; minibatches hold current patterns and replayed latents (§4.6); the
-    first epoch's current latents feed the memory after the experience (§4.7); CWR* (§4.8) consolidates the output
-    layer, with the replayed classes counted; SI (§4.9) regularises the other parameters when ``ewc_lambda != 0``.
+    The model is split at a latent layer (its own split, as :class:`clfast.nn.MobileNetV1`'s, or any model split at
+    ``latent_layer`` by :class:`clfast.nn.LatentModel`): ``lat_features`` (frozen from the second experience on,
+    always in eval mode, §4.5), ``end_features`` and ``output`` (trained on current patterns plus replayed latents).
+    Every BN layer becomes a :class:`clfast.nn.BatchRenorm2d` at construction (§4.3). Per experience (§4.5): from the
+    second one the model is frozen below ``freeze_below_layer`` (norm layers excluded), the BRN settings switch to the
+    incremental ones and a new SGD with ``inc_lr`` is built; minibatches hold current patterns and replayed latents
+    (§4.6); the first epoch's current latents feed the memory after the experience (§4.7); CWR* (§4.8) consolidates
+    the output layer, with the replayed classes counted; SI (§4.9) regularises the other parameters when
+    ``ewc_lambda != 0``.
 
     Positional order is Avalanche's old documented one (v0.1-0.2.1), then ``inc_lr`` and ``model``.
 
@@ -86,7 +60,10 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         rm_sz: replay memory size in latent patterns (>= 0; 0 disables replay).
         freeze_below_layer: from the second experience, every non-norm parameter *before* this layer is frozen
             (the layer itself is not). A layer name or a parameter name (``'lat_features.19.bn.beta'`` means the
-            layer ``lat_features.19.bn``); a name the model lacks is a ValueError at construction.
+            layer ``lat_features.19.bn``); a name the model lacks is a ValueError at construction. With
+            ``latent_layer``, the default (which such a model lacks) means ``latent_layer`` itself: every non-norm
+            parameter of the modules registered before it, the lower part for a model that registers its modules
+            in the order its forward calls them (torchvision's ResNets).
         latent_layer_num: index of the last ``lat_features`` layer of the default MobileNetV1 (§4.2).
         ewc_lambda: SI strength (>= 0); 0 disables SI.
         train_mb_size: minibatch size, current plus replayed patterns (>= 1).
@@ -96,8 +73,10 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         evaluator: as in :class:`clfast.training.SupervisedTemplate`.
         eval_every: periodic eval, as in the template.
         inc_lr: SGD learning rate from the second experience (> 0).
-        model: a network with the latent split (:func:`check_latent_model`); default
-            ``MobileNetV1(num_classes, latent_layer_num)``. Its BN layers are converted to BRN in place.
+        model: a network with the latent split (:func:`check_latent_model`), or with ``latent_layer`` any network
+            :func:`clfast.nn.split_at` can split there; default ``MobileNetV1(num_classes, latent_layer_num)``.
+            Its BN layers are converted to BRN in place. A :class:`clfast.nn.LatentModel` is rebuilt over its
+            ``source`` after the conversion (same ``latent_layer`` and output layer).
         num_classes: classes of the default model (default 50); with ``model`` it must match ``model.output``.
         replay_device: where the memory lives; default the training device when it fits (CUDA: at most half of
             the free memory), else pinned CPU memory.
@@ -108,6 +87,12 @@ class AR1(AR1StateMixin, SupervisedTemplate):
             at its end with ``lat_features`` in eval mode, as every later experience sees them (the chosen *inputs*
             are staged instead of their latents). Default False: §4.5, meant for a pretrained network (with random
             BRN statistics a latent network in eval mode does not learn).
+        latent_layer: not in Avalanche. The module (dotted name) that starts the trained part of ``model``, which
+            then needs no latent split of its own: AR1 converts its BN layers, then trains
+            ``LatentModel(model, latent_layer)`` (``self.model``), whose ``lat_features`` is the part before
+            ``latent_layer`` (the memory holds its outputs, the input of ``latent_layer``), ``end_features`` the rest,
+            and ``output`` (CWR*'s layer, excluded from SI) the model's last ``nn.Linear``. Parameter names stay the
+            model's (``freeze_below_layer="layer2.1"``, ``state_dict()`` keys). ``None``: ``model``'s own split.
         precision, accumulate_grad_batches, train_iterations: as in :class:`clfast.training.SupervisedTemplate`
             (``docs/large-models.md``).
 
@@ -149,6 +134,7 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         replay_device: str | torch.device | None = None,
         pin_memory: bool = False,
         lat_train_mode_first_exp: bool = False,
+        latent_layer: str | None = None,
         precision: str = "32",
         accumulate_grad_batches: int = 1,
         train_iterations: int | None = None,
@@ -178,21 +164,37 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         self.lat_train_mode_first_exp = lat_train_mode_first_exp
         if num_classes is not None:
             check_int("num_classes", num_classes, low=1)
+        if latent_layer is not None and (not isinstance(latent_layer, str) or not latent_layer):
+            raise TypeError(f"latent_layer must be a module name (a non-empty str) or None, got {latent_layer!r}")
 
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             raise TypeError("AR1 needs the unwrapped model, not a DistributedDataParallel/DataParallel: it converts "
                             "the BN layers and freezes part of the model, and under torch.distributed it averages the "
                             "gradients over the ranks itself (docs/distributed.md)")
-        if model is None:
+        # §4.3: every BatchNorm2d becomes a BatchRenorm2d with the first experience's settings.
+        brn = {"momentum": self.init_update_rate, "r_d_max_inc_step": self.inc_step, "max_r_max": self.max_r_max,
+               "max_d_max": self.max_d_max}
+        output_layer = None
+        if isinstance(model, LatentModel):  # rebuilt below: its parts would keep the BN layers the swap replaces
+            if latent_layer is not None:
+                raise TypeError("pass a LatentModel or a model and latent_layer, not both")
+            latent_layer, output_layer, model = model.latent_layer, model.output_name, model.source
+        self.latent_layer = latent_layer
+        if latent_layer is not None:
+            if model is None:
+                raise ValueError("latent_layer needs a model (the default MobileNetV1 has its own latent split)")
+            # The swap comes first: the split's graphs call the modules they find when built.
+            model = LatentModel(replace_bn_with_brn(model, **brn), latent_layer, output_layer)
+        elif model is None:
             model = MobileNetV1(num_classes=50 if num_classes is None else num_classes,
                                 latent_layer_num=latent_layer_num)
         check_latent_model(model)
         if num_classes is not None and model.output.out_features != num_classes:
             raise ValueError(f"num_classes={num_classes} but model.output has {model.output.out_features} outputs")
-        # §4.3: every BatchNorm2d becomes a BatchRenorm2d with the first experience's settings.
-        replace_bn_with_brn(model, momentum=self.init_update_rate, r_d_max_inc_step=self.inc_step,
-                            max_r_max=self.max_r_max, max_d_max=self.max_d_max)
+        replace_bn_with_brn(model, **brn)  # (a LatentModel's were converted before the split: nothing left)
         modules, params = dict(model.named_modules()), dict(model.named_parameters())
+        if latent_layer is not None and freeze_below_layer == _DEFAULT_FREEZE and freeze_below_layer not in params:
+            freeze_below_layer = self.freeze_below_layer = latent_layer
         if freeze_below_layer not in modules and freeze_below_layer not in params:
             raise ValueError(f"freeze_below_layer={freeze_below_layer!r} is neither a layer nor a parameter of the "
                              f"model (e.g. 'lat_features.{latent_layer_num}.bn' or 'lat_features.{latent_layer_num}"
@@ -201,10 +203,11 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         # Plugins: user plugins, then SI (if any), then CWR* (§4.5 step 3); the template appends evaluator/clock.
         self.si: SynapticIntelligencePlugin | None = None
         own: list[Any] = []
+        out_name = output_layer_name(model)  # "output" for MobileNetV1, the model's own name under LatentModel
         if self.ewc_lambda != 0:
-            self.si = SynapticIntelligencePlugin(self.ewc_lambda, excluded_parameters=["output"])
+            self.si = SynapticIntelligencePlugin(self.ewc_lambda, excluded_parameters=[out_name])
             own.append(self.si)
-        self.cwr = CWRStarPlugin(model, cwr_layer_name="output", freeze_remaining_model=False)
+        self.cwr = CWRStarPlugin(model, cwr_layer_name=out_name, freeze_remaining_model=False)
         own.append(self.cwr)
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.l2)
         super().__init__(model, optimizer, criterion, train_mb_size=train_mb_size, train_epochs=train_epochs,
@@ -415,9 +418,9 @@ class AR1(AR1StateMixin, SupervisedTemplate):
 def ar1_from_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer,
                        criterion: Callable[..., Tensor] | None = None, **kwargs: Any) -> AR1:
     """The ``STRATEGIES["ar1"]`` constructor (``clfast train --strategy ar1``): AR1 on ``model`` (which needs the
-    latent split, e.g. :class:`clfast.nn.MobileNetV1`), with the learning rate and momentum of ``optimizer``'s
-    first parameter group as ``lr`` and ``momentum``. AR1 builds its own SGD over the converted model, so
-    ``optimizer`` itself is not used. Other keywords go to :class:`AR1`."""
+    latent split, e.g. :class:`clfast.nn.MobileNetV1`, unless ``latent_layer=`` is passed), with the learning rate
+    and momentum of ``optimizer``'s first parameter group as ``lr`` and ``momentum``. AR1 builds its own SGD over
+    the converted model, so ``optimizer`` itself is not used. Other keywords go to :class:`AR1`."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     group = optimizer.param_groups[0]

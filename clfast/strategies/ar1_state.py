@@ -28,7 +28,8 @@ class AR1StateMixin:
 
     def _hparams(self) -> dict[str, Any]:
         return {"rm_sz": self.rm_sz, "ewc_lambda": self.ewc_lambda, "freeze_below_layer": self.freeze_below_layer,
-                "lr": self.lr, "inc_lr": self.inc_lr, "train_mb_size": self.train_mb_size}
+                "lr": self.lr, "inc_lr": self.inc_lr, "train_mb_size": self.train_mb_size,
+                "latent_layer": self.latent_layer}
 
     def state_dict(self) -> dict[str, Any]:
         """The whole strategy: model (BRN running statistics and r_max/d_max are buffers), the BRN settings that are
