@@ -50,6 +50,7 @@ from clfast.strategies import Naive
 from clfast.testing.avalanche import AvalancheEWC, AvalancheMAS, AvalancheRWalk, AvalancheSI
 from clfast.testing.bench import device_name, sync
 from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
+from clfast.training.precision import PRECISIONS
 
 HERE = Path(__file__).resolve().parent
 PLUGINS = tuple(REGISTRY)  # clfast's regularisers (``clfast.plugins.PLUGINS``), by command-line name
@@ -279,7 +280,8 @@ def run_contender(label: str, factory: Callable[[], Any] | None, model_name: str
         plugins = ([] if factory is None else [factory()]) + [timer]
         optimizer = OPTIMIZERS["clfast" if "+optim" in label else "torch"]
         strategy = Naive(model, optimizer(model.parameters(), lr=0.01, momentum=args.momentum),
-                         train_mb_size=args.batch, device=args.device, plugins=plugins, evaluator=None)
+                         train_mb_size=args.batch, device=args.device, plugins=plugins, evaluator=None,
+                         precision=args.precision)
         strategy.train(stream[0])
         timer.armed = True
         try:
@@ -355,7 +357,8 @@ def to_markdown(result: dict) -> str:
     lines = [f"# Plugins: time per training iteration over Naive's — {result['device_name']}", "",
              f"torch {result['torch']}, clfast {result['clfast']}, {result['date']}. Second experience of a "
              f"2-experience class-incremental synthetic stream, batch {result['batch']}, "
-             f"SGD(lr 0.01, momentum {result['momentum']}); the clfast.optim columns train the plugin with "
+             f"SGD(lr 0.01, momentum {result['momentum']}), precision {result.get('precision', '32')} (every "
+             "contender, Naive included); the clfast.optim columns train the plugin with "
              "clfast.optim.SGD (the penalty inside the step), still over Naive with torch's SGD; "
              f"median of the timed iterations (interleaved, per model below) after {result['warmup']} warm-up ones. "
              "`avalanche-style` = the eager transcriptions of `clfast.testing.avalanche` (RWalk with its extra "
@@ -418,6 +421,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--momentum", type=float, default=0.0,
                     help="SGD momentum (lr 0.01); plain SGD by default: the cheapest Naive step, the strictest ratios")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="32", choices=PRECISIONS,
+                    help="the strategies' precision (every contender, Naive included, in the same one)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -436,13 +441,16 @@ def main(argv: list[str] | None = None) -> dict:
         rows += bench_model(name, args, todo)
     result = {"device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
               "clfast": clfast.__version__, "date": time.strftime("%Y-%m-%d"), "batch": args.batch,
-              "momentum": args.momentum, "optimizer": args.optimizer, "warmup": args.warmup,
+              "momentum": args.momentum, "optimizer": args.optimizer, "precision": args.precision,
+              "warmup": args.warmup,
               "exp1_iters": args.exp1_iters, "plugins": plugins,
               "hparams": HPARAMS, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{args.device}-{torch.get_num_threads()}threads" if args.device == "cpu" else \
         torch.cuda.get_device_name().replace(" ", "_")
+    if args.precision != "32":
+        tag += f"-{args.precision}"
     (out / f"plugins_{tag}.json").write_text(json.dumps(result, indent=1))
     md = to_markdown(result)
     (out / f"plugins_{tag}.md").write_text(md)

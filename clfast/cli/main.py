@@ -18,6 +18,7 @@ from ..strategies import STRATEGIES
 from ..training.precision import PRECISIONS
 from .argtypes import device_arg, float_arg, int_arg
 from .errors import CLIError
+from .parallel import PARALLEL
 from .setup import ADAM_LR, AR1_DEFAULTS, DEFAULTS, OPTIMIZERS
 from .train import run_train
 
@@ -118,6 +119,10 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "(default %(default)s)")
     p.add_argument("--accumulate-grad-batches", type=_POSITIVE, default=DEFAULTS["accumulate_grad_batches"],
                    help="one optimizer step per this many minibatches, the loss divided by it (default %(default)s)")
+    p.add_argument("--parallel", choices=PARALLEL, default="none",
+                   help="ddp: data parallel over the processes torchrun starts (torchrun --nproc-per-node N -m "
+                        "clfast train ... --parallel ddp; gloo on the CPU, NCCL on CUDA; --mb-size per process) "
+                        "(default %(default)s)")
     p.add_argument("--device", type=device_arg, default=DEFAULTS["device"],
                    help="cpu, cuda, cuda:1, ... (default %(default)s)")
     p.add_argument("--threads", type=_NON_NEGATIVE, default=DEFAULTS["threads"],

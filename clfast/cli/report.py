@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..distributed import unwrap
 from ..evaluation import EvaluationPlugin, average_accuracy, forgetting, format_matrix
 from ..evaluation.plot import plot_accuracy_matrix
 
@@ -31,9 +32,10 @@ def json_safe(value: Any) -> Any:
 
 
 def model_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's state (names, dtypes, shapes, bytes): equal digests mean identical models."""
+    """SHA-256 of the model's state (names, dtypes, shapes, bytes): equal digests mean identical models. A
+    DistributedDataParallel wrapper is looked through (its names would carry a ``module.`` prefix)."""
     h = hashlib.sha256()
-    for name, t in model.state_dict().items():
+    for name, t in unwrap(model).state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")

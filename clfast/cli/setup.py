@@ -28,6 +28,7 @@ from ..scenarios import SCENARIOS
 from ..strategies import STRATEGIES
 from ..strategies.regularized import regularized
 from .errors import CLIError
+from .parallel import wrap_model
 
 DEFAULTS = {"strategy": "naive", "scenario": "split-digits", "n_experiences": 5, "epochs": 4, "mb_size": 32,
             "lr": 0.05, "momentum": 0.9, "seed": 0, "model": "mlp", "device": "cpu", "threads": 1,
@@ -124,6 +125,8 @@ def build_run(args: argparse.Namespace) -> Run:
     _seed_everything(args.seed)
     benchmark = _benchmark(args)
     model, model_name = _model(args, benchmark)
+    if getattr(args, "parallel", "none") == "ddp" and args.strategy != "ar1":  # AR1 averages over the ranks itself
+        model = wrap_model(model, device)
     optimizer = OPTIMIZERS[getattr(args, "optimizer", "sgd")](model.parameters(), args)
     loggers: list[Any] = [] if args.quiet else [InteractiveLogger(progress=True, lines=False)]
     if out_dir is not None:

@@ -1,0 +1,44 @@
+"""``torchrun -m clfast train --parallel ddp``: the process group from torchrun's environment (gloo here), the data
+sharded, rank 0 alone printing and writing; 2 ranks at B per rank train like 1 rank at 2·B (the definition of
+``docs/distributed.md``, up to the padding of an odd shard)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clfast.cli import main
+
+ARGS = ["train", "--parallel", "ddp", "--epochs", "1", "--n-experiences", "2", "--strategy", "mas", "--seed", "1"]
+
+
+def _torchrun(nproc: int, out, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "clfast", *ARGS, "--out", str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_ranks_train_like_one_rank_at_twice_the_batch(tmp_path):
+    two = _torchrun(2, tmp_path / "w2", "--mb-size", "16")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _torchrun(1, tmp_path / "w1", "--mb-size", "32")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.stdout.count("accuracy matrix") == 1  # rank 0 alone reports
+    a = json.loads((tmp_path / "w2" / "results.json").read_text())
+    b = json.loads((tmp_path / "w1" / "results.json").read_text())
+    assert a["config"]["parallel"] == "ddp"
+    # Equal up to the samples DistributedSampler repeats to even out an odd shard (one per eval experience here).
+    for row_a, row_b in zip(a["accuracy_matrix"], b["accuracy_matrix"], strict=True):
+        assert row_a == pytest.approx(row_b, abs=0.01)
+    assert a["accuracy_matrix"][1][1] > 0.5
+
+
+def test_parallel_outside_torchrun_is_a_clear_error(monkeypatch, capsys):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    assert main([*ARGS, "--quiet"]) == 2
+    assert "runs under torchrun" in capsys.readouterr().err
