@@ -66,17 +66,18 @@ def test_killed_runs_resume_to_the_uninterrupted_results(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_killed_inside_an_experience_resumes_bit_identically(tmp_path):
-    # 3 experiences of about 9 minibatches per epoch, 2 epochs: 4 checkpoints inside each; killed after the 6th
-    # (the second experience, its second epoch). (tests/test_checkpoint_inside.py covers other points in-process.)
-    kill_at = 6
-    extra = ["--strategy", "si", "--epochs", "2", "--n-experiences", "3", "--checkpoint-every", "4",
+    # 2 experiences of 23 minibatches per epoch, 2 epochs: 5 checkpoints inside each (every 8 iterations); killed
+    # after the 9th: the second experience, iteration 32, in its second epoch. (tests/test_checkpoint_inside.py covers
+    # other points in one process.)
+    kill_at = 9
+    extra = ["--strategy", "si", "--epochs", "2", "--n-experiences", "2", "--checkpoint-every", "8",
              "--precision", "16-mixed"]
     whole = _train(tmp_path, "whole", *extra, "--out", str(tmp_path / "out-whole"))
     assert whole.returncode == 0, whole.stderr
     killed = _train(tmp_path, "inside", *extra, kill=("inside", kill_at))
     assert killed.returncode == -signal.SIGKILL
     saved = load_checkpoint(tmp_path / "ckpt-inside" / "checkpoint.pt")
-    assert saved["state"]["in_experience"] is not None
+    assert saved["state"]["in_experience"] == {**saved["state"]["in_experience"], "experience": 1, "epoch": 1}
     resumed = _train(tmp_path, "inside", *extra, "--resume", "--out", str(tmp_path / "out-inside"))
     assert resumed.returncode == 0, resumed.stderr
     ref, got = _results(tmp_path, "whole"), _results(tmp_path, "inside")
