@@ -12,6 +12,8 @@ from clfast.testing.plugin_fixtures import (
     MODEL_CASES,
     MultiHead,
     assert_dicts_close,
+    assert_losses_close,
+    assert_models_close,
     mlp,
     run_case,
     run_side_by_side,
@@ -80,3 +82,58 @@ def test_other_device_than_the_parameters_is_refused():
     s = trained([p], mlp)
     with pytest.raises(ValueError, match="device"):
         train_stream(s, stream()[:1])
+
+
+class AuthorsSI:
+    """Independent reference: Zenke et al.'s SI as van de Ven & Tolias's code computes it, in plain autograd.
+    W ← W − g⊙Δθ per step (g: the gradient the step used, penalty included); at an experience's end
+    Ω ← Ω + W/((θ − θ*)² + ξ) unclipped and θ* ← θ; the loss gets c·Σ Ω⊙(θ−θ*)²."""
+
+    def __init__(self, c: float, xi: float) -> None:
+        self.c, self.xi = c, xi
+        self.omega: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+
+    def _params(self, strategy):
+        return dict(strategy.model.named_parameters())
+
+    def before_training_exp(self, strategy, **kwargs):
+        ps = self._params(strategy)
+        if not self.anchor:
+            self.anchor = {k: p.detach().clone() for k, p in ps.items()}
+            self.omega = {k: torch.zeros_like(p) for k, p in ps.items()}
+        self.w = {k: torch.zeros_like(p) for k, p in ps.items()}
+        self.old = {k: p.detach().clone() for k, p in ps.items()}
+
+    def before_backward(self, strategy, **kwargs):
+        ps = self._params(strategy)
+        strategy.loss = strategy.loss + self.c * sum((self.omega[k] * (p - self.anchor[k]) ** 2).sum()
+                                                     for k, p in ps.items())
+
+    def after_training_iteration(self, strategy, **kwargs):
+        for k, p in self._params(strategy).items():
+            if p.grad is not None:
+                self.w[k] -= p.grad * (p.detach() - self.old[k])
+            self.old[k] = p.detach().clone()
+
+    def after_training_exp(self, strategy, **kwargs):
+        for k, p in self._params(strategy).items():
+            self.omega[k] = self.omega[k] + self.w[k] / ((p.detach() - self.anchor[k]) ** 2 + self.xi)
+            self.anchor[k] = p.detach().clone()
+
+
+def test_unclipped_si_with_its_epsilon_is_the_authors_si():
+    c, xi = 50.0, 0.1
+    ours, ref = SynapticIntelligencePlugin(2 * c, eps=xi, clip=None), AuthorsSI(c, xi)
+    sa, sb, ra, rb = run_side_by_side(mlp, ours, ref, stream(), momentum=0.5)
+    assert_losses_close(ra, rb, rtol=1e-4)
+    assert_models_close(sa.model, sb.model)
+    _, omega = ours.ewc_data
+    assert_dicts_close(omega, _flat(ref.omega), "omega", rtol=1e-4, atol=1e-8)
+    assert max(float(v.max()) for v in omega.values()) > 10 * 0.001  # Avalanche's clip would have cut these
+
+
+def test_clip_is_checked():
+    with pytest.raises(ValueError):
+        SynapticIntelligencePlugin(1.0, clip=0.0)
+    assert SynapticIntelligencePlugin(1.0).state_dict()["hparams"]["clip"] == 0.001

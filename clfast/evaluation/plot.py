@@ -1,10 +1,11 @@
-"""Accuracy-matrix heatmap (matplotlib, imported only here and only when called)."""
+"""Accuracy-matrix heatmap and per-method bar charts (matplotlib, imported only here and only when called)."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 MATPLOTLIB_MISSING = "plotting needs matplotlib: pip install matplotlib (or pip install 'clfast[plot]')"
 
@@ -43,5 +44,35 @@ def plot_accuracy_matrix(matrix: Sequence[Sequence[float]], path: str | os.PathL
     ax.set_ylabel("after training experience")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), dpi=120)
+
+
+def plot_method_bars(results: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | os.PathLike[str],
+                     title: str = "") -> None:
+    """Writes one bar chart per group (``results[group][method]`` with ``"mean"`` and ``"sem"``, in %, the SEM
+    None for a single run) side by side as a PNG, the SEM as error bars. Uses the Agg canvas directly."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    groups = list(results)
+    width = max((len(results[g]) for g in groups), default=1)
+    fig = Figure(figsize=(1.0 + (0.6 * width + 0.8) * max(len(groups), 1), 3.6))
+    FigureCanvasAgg(fig)
+    for k, group in enumerate(groups):
+        ax = fig.add_subplot(1, max(len(groups), 1), k + 1)
+        names = list(results[group])
+        means = [results[group][m]["mean"] for m in names]
+        errors = [results[group][m]["sem"] or 0.0 for m in names]
+        ax.bar(range(len(names)), means, yerr=errors, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_title(group, fontsize=9)
+        if k == 0:
+            ax.set_ylabel("accuracy (%)")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(os.fspath(path), dpi=120)

@@ -1,5 +1,6 @@
 """Elastic Weight Consolidation (Kirkpatrick et al. 2017) as Avalanche's ``EWCPlugin`` computes it,
-separate and online modes, on flat state and fused ops."""
+separate and online modes, on flat state and fused ops; optionally with the per-sample Fisher of van de Ven &
+Tolias (2019)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .._checks import check_bool, check_float
+from .._checks import check_bool, check_choice, check_float, check_int
 from ..distributed import unwrap
 from ..state import FlatState
 from .base import RegularizerPlugin
 from .passes import gradient_pass, strategy_num_workers
+from .per_sample import SAMPLE_LABELS, sample_sq_grad_pass
 from .table import kept
 
-__all__ = ["EWCPlugin"]
+__all__ = ["FISHER_ESTIMATES", "EWCPlugin"]
 
 _MODES = ("separate", "online")
+#: How the Fisher is estimated: Avalanche's squared batch gradients, or the mean of squared per-sample gradients.
+FISHER_ESTIMATES = ("batch", "sample")
 
 
 class EWCPlugin(RegularizerPlugin, supports_distributed=True):
@@ -28,7 +32,14 @@ class EWCPlugin(RegularizerPlugin, supports_distributed=True):
     After each experience the model is run in eval mode over the experience's data
     (``strategy.experience.dataset``, unshuffled, ``train_mb_size`` batches); per batch the criterion's
     gradient g is taken, and the importance of that experience is F = (1/N_batches) Σ_batches g⊙g
-    (Avalanche's ``compute_importances``). The anchor is the parameters at the end of the experience.
+    (Avalanche's ``compute_importances``, ``fisher="batch"``). With ``fisher="sample"`` it is the mean over
+    samples of the squared gradient of each sample's own negative log-likelihood, at its predicted class
+    (``fisher_labels="pred"``, van de Ven & Tolias 2019), its target (``"true"``) or every class weighted by its
+    predicted probability (``"all"``, their later code's default), over the first ``fisher_samples`` samples
+    (all by default; :mod:`clfast.plugins.per_sample`). A batch gradient
+    squares a mean over samples, so it holds cross terms that the per-sample mean does not; near a minimum, where
+    the per-sample gradients cancel out, it is about ``train_mb_size`` times smaller. The anchor is the
+    parameters at the end of the experience.
     From the second experience on the loss gets
 
     * ``mode="separate"``: λ·Σ_k Σ F_k⊙(θ−θ*_k)² over every earlier experience k;
@@ -48,12 +59,20 @@ class EWCPlugin(RegularizerPlugin, supports_distributed=True):
         decay_factor: γ in [0, 1], required by (and only allowed with) ``mode="online"``.
         keep_importance_data: also keep every experience's importance and parameters (``importances``,
             ``saved_params``, as Avalanche's dicts) for inspection; the penalty does not need them.
+        fisher: ``"batch"`` (Avalanche's) or ``"sample"`` (per-sample gradients).
+        fisher_labels: with ``fisher="sample"``, ``"pred"``, ``"true"`` or ``"all"``; ``"batch"`` uses the
+            criterion on the targets, i.e. ``"true"``.
+        fisher_samples: with ``fisher="sample"``, at most this many samples per experience (>= 1); None: all.
+
+    The authors' EWC loss is (λ/2)·Σ_k F_k⊙(θ−θ*_k)² and their online EWC's (λ/2)·γ·F̃⊙(θ−θ*)²: the same
+    penalties as the two modes here with ``ewc_lambda`` = λ/2 and λγ/2 (``decay_factor`` = γ).
     """
 
     STATE_NAME = "EWCPlugin"
 
     def __init__(self, ewc_lambda: float, mode: str = "separate", decay_factor: float | None = None,
-                 keep_importance_data: bool = False) -> None:
+                 keep_importance_data: bool = False, *, fisher: str = "batch", fisher_labels: str = "true",
+                 fisher_samples: int | None = None) -> None:
         super().__init__()
         self.ewc_lambda = check_float("ewc_lambda", ewc_lambda, low=0.0)
         if mode not in _MODES:
@@ -66,6 +85,12 @@ class EWCPlugin(RegularizerPlugin, supports_distributed=True):
         self.decay_factor = None if decay_factor is None else check_float("decay_factor", decay_factor,
                                                                           low=0.0, high=1.0)
         self.keep_importance_data = check_bool("keep_importance_data", keep_importance_data)
+        self.fisher = check_choice("fisher", fisher, FISHER_ESTIMATES)
+        self.fisher_labels = check_choice("fisher_labels", fisher_labels, SAMPLE_LABELS)
+        self.fisher_samples = None if fisher_samples is None else check_int("fisher_samples", fisher_samples, low=1)
+        if fisher == "batch" and (fisher_labels != "true" or fisher_samples is not None):
+            raise ValueError("fisher_labels other than 'true' and fisher_samples need fisher='sample' (the batch "
+                             "estimate differentiates the criterion on the targets over the whole experience)")
         self._const = 0.0  # C of the folded separate mode
         self.importances: dict[int, dict[str, Tensor]] = {}
         self.saved_params: dict[int, dict[str, Tensor]] = {}
@@ -142,7 +167,17 @@ class EWCPlugin(RegularizerPlugin, supports_distributed=True):
         anchor.copy_(a_new)
 
     def _fisher_pass(self, strategy: Any, params: list[Tensor], kwargs: Mapping[str, Any]) -> Tensor:
-        """Mean over batches of the squared batch gradient of the criterion, in eval mode, flat."""
+        """Mean over batches of the squared batch gradient of the criterion (``fisher="batch"``), or over samples
+        of the squared per-sample gradient (``"sample"``), in eval mode, flat."""
+        if self.fisher == "sample":
+            total, n = sample_sq_grad_pass(strategy, params, labels=self.fisher_labels,
+                                           max_samples=self.fisher_samples, num_workers=strategy_num_workers(kwargs))
+            total /= max(n, 1)
+            # NaN/inf raises here, before anything is committed (a temporary until then, as in the batch pass).
+            guard = self._pass_guard()
+            ops.check_finite("EWCPlugin per-sample Fisher", guard=guard, fisher=total)
+            guard.check()
+            return total
         device = params[0].device if params else strategy.device
         fisher = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=device)
         # Running mean of g² over batches: F ← (1/k)·g² + (1 − 1/k)·F; NaN/inf raises before writing, or
@@ -157,7 +192,8 @@ class EWCPlugin(RegularizerPlugin, supports_distributed=True):
 
     # -- state ----------------------------------------------------------------------------------------
     def _hparams(self) -> dict[str, Any]:
-        return {"ewc_lambda": self.ewc_lambda, "mode": self.mode, "decay_factor": self.decay_factor}
+        return {"ewc_lambda": self.ewc_lambda, "mode": self.mode, "decay_factor": self.decay_factor,
+                "fisher": self.fisher, "fisher_labels": self.fisher_labels, "fisher_samples": self.fisher_samples}
 
     def _extra_state(self) -> dict[str, Any]:
         """The mode, the constant C and the kept per-experience data (copies)."""

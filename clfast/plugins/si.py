@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -45,10 +46,13 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
 
     Per iteration the path integral ω −= g⊙(θ_new − θ_old) is accumulated by one fused op, with g the
     ``.grad`` the optimizer used (total loss, penalty included). At the end of an experience:
-    cum += c·(−ω)/((θ − θ*)² + eps), Ω ← min(−cum, 0.001) (clipped above only, as in Avalanche;
-    c = 1), θ* ← θ. The loss gets (λ_e/2)·Σ Ω⊙(θ−θ*)² in every experience (λ_e = ``si_lambda[e]``,
-    the last one reused): value added in ``before_backward``, gradient λ_eΩ⊙(θ−θ*) accumulated into
-    ``.grad`` in ``after_backward``.
+    cum += c·(−ω)/((θ − θ*)² + eps), Ω ← min(−cum, clip) (c = 1; clipped above only, at 0.001 as in Avalanche,
+    or not at all with ``clip=None``), θ* ← θ. The loss gets (λ_e/2)·Σ Ω⊙(θ−θ*)² in every experience
+    (λ_e = ``si_lambda[e]``, the last one reused): value added in ``before_backward``, gradient λ_eΩ⊙(θ−θ*)
+    accumulated into ``.grad`` in ``after_backward``.
+
+    Zenke et al.'s and van de Ven & Tolias's SI, c·Σ Ω⊙(θ−θ*)² with Ω unclipped and ξ = 0.1 in the
+    denominator, is ``si_lambda=2c, eps=0.1, clip=None``.
 
     State (θ*, Ω, ω, cum and the θ_old snapshot) lives in flat buffers on the training device: no
     host copies per iteration, and the snapshot is a copy (Avalanche's CPU run aliases θ_old to θ,
@@ -56,7 +60,8 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
 
     Args:
         si_lambda: λ, or one λ per experience (the last is reused), each >= 0.
-        eps: damping of the consolidation's denominator (> 0).
+        eps: damping of the consolidation's denominator (> 0); Avalanche's 1e-7 (van de Ven & Tolias: 0.1).
+        clip: the upper bound of Ω (> 0), or None for none.
         excluded_parameters: parameter-name patterns to leave out (``"output"`` also excludes
             ``"output.*"``); AR1 passes ``["output"]``.
         device: ``"as_strategy"`` (the training device) or that same device; the state must live
@@ -72,7 +77,8 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
                                           "cum": "zeros", "prev": "copy"}
 
     def __init__(self, si_lambda: float | Sequence[float], eps: float = 1e-7,
-                 excluded_parameters: Sequence[str] | None = None, device: Any = "as_strategy") -> None:
+                 excluded_parameters: Sequence[str] | None = None, device: Any = "as_strategy", *,
+                 clip: float | None = SI_CLIP) -> None:
         super().__init__(select=lambda m: si_allowed_parameters(m, self.excluded_parameters))
         if isinstance(si_lambda, (list, tuple)):
             if not si_lambda:
@@ -81,6 +87,7 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
         else:
             self.si_lambda = [check_float("si_lambda", si_lambda, low=0.0)]
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
+        self.clip = None if clip is None else check_float("clip", clip, low=0.0, low_open=True)
         if excluded_parameters is None:
             excluded_parameters = []
         if isinstance(excluded_parameters, str) or not all(isinstance(p, str) for p in excluded_parameters):
@@ -155,9 +162,10 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
         self._finite.check()  # deferred NaN/inf in this experience's ω: refuse before consolidating
         params = self._table.tensors(strategy.model)
         ops.si_consolidate_(self._table["cum"], self._table["importance"], self._table["omega"],
-                            self._table["anchor"], params, c=SI_C, eps=self.eps, clip=SI_CLIP)
+                            self._table["anchor"], params, c=SI_C, eps=self.eps,
+                            clip=math.inf if self.clip is None else self.clip)
 
     # -- state ----------------------------------------------------------------------------------------
     def _hparams(self) -> dict[str, Any]:
-        return {"si_lambda": list(self.si_lambda), "eps": self.eps,
+        return {"si_lambda": list(self.si_lambda), "eps": self.eps, "clip": self.clip,
                 "excluded_parameters": list(self.excluded_parameters)}
