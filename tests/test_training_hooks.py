@@ -471,3 +471,23 @@ def test_experiences_argument_accepts_one_experience_or_a_list():
     s.train(stream[0])
     s.train(Stream("train", [stream[1]]))
     assert s.clock.train_exp_counter == 2
+
+
+def test_the_forward_of_a_model_without_task_routing_never_reads_the_experiences_task_labels():
+    # An experience's task_labels may be a unique over its whole dataset: the template must not compute it per
+    # iteration for a model that ignores task labels.
+    exp = make_stream("train", n_experiences=1, n_per_exp=8)[0]
+    reads = []
+
+    class Counting(type(exp)):
+        @property
+        def task_labels(self):
+            reads.append(1)
+            return [0]
+
+    exp.__class__ = Counting
+    model = torch.nn.Linear(exp.dataset[0][0].numel(), 4)
+    strategy = Naive(model, torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=2, evaluator=EvaluationPlugin())
+    strategy.train(exp)
+    assert strategy.clock.train_iterations == 4
+    assert len(reads) <= 2  # the evaluator's per-experience bookkeeping, not once per iteration

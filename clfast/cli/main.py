@@ -21,7 +21,7 @@ from .argtypes import device_arg, float_arg, int_arg
 from .errors import CLIError
 from .parallel import PARALLEL
 from .reproduce import add_reproduce_parser, run_reproduce
-from .setup import ADAM_LR, AR1_DEFAULTS, DEFAULTS, OPTIMIZERS
+from .setup import ADAM_LR, AR1_DEFAULTS, AR1_SCENARIO_DEFAULTS, DEFAULTS, OPTIMIZERS
 from .train import run_train
 
 _POSITIVE = int_arg(1)
@@ -85,7 +85,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--n-experiences", type=_POSITIVE, default=DEFAULTS["n_experiences"],
                    help="number of experiences (default %(default)s)")
     p.add_argument("--epochs", type=_POSITIVE, default=None,
-                   help=f"training epochs per experience (default {DEFAULTS['epochs']}; ar1: {AR1_DEFAULTS['epochs']})")
+                   help=f"training epochs per experience (default {DEFAULTS['epochs']}; ar1: {AR1_DEFAULTS['epochs']}, "
+                        f"on split-digits {AR1_SCENARIO_DEFAULTS['split-digits']['epochs']})")
     p.add_argument("--mb-size", type=_POSITIVE, default=None,
                    help=f"training minibatch size; eval uses max(this, 256) (default {DEFAULTS['mb_size']}; "
                         f"ar1: {AR1_DEFAULTS['mb_size']}, current plus replayed patterns)")
@@ -105,7 +106,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "a MobileNetV1 (clfast.nn.MobileNetV1) with random initialisation, so its latent layers "
                         "train in train mode in the first experience (AR1(lat_train_mode_first_exp=True))")
     p.add_argument("--rm-size", type=_NON_NEGATIVE, default=None,
-                   help=f"ar1: latent replay memory size in patterns (default {AR1_DEFAULTS['rm_size']})")
+                   help=f"ar1: latent replay memory size in patterns (default {AR1_DEFAULTS['rm_size']}, at most the "
+                        "first experience's size: the memory is filled from it once)")
     p.add_argument("--inc-lr", type=_LEARNING_RATE, default=None,
                    help=f"ar1: SGD learning rate from the second experience (default {AR1_DEFAULTS['inc_lr']})")
     p.add_argument("--image-size", type=_POSITIVE, default=None,

@@ -44,8 +44,12 @@ ADAM_LR = 1e-3
 
 #: ``--strategy ar1``: a MobileNetV1 (random initialisation) on images upsampled to ``image_size`` px with 3 channels.
 #: Chosen for a CPU run of Split-MNIST in a few minutes on 2 cores (32 px is the smallest size MobileNetV1 takes
-#: here); the other defaults are AR1's (``clfast.strategies.AR1``).
+#: here); the other defaults are AR1's (``clfast.strategies.AR1``). ``rm_size`` is a maximum: by default the memory
+#: holds at most the first experience (it is filled once, from that experience, and keeps its size for good).
 AR1_DEFAULTS = {"epochs": 1, "mb_size": 32, "lr": 0.01, "inc_lr": 0.001, "rm_size": 4000, "image_size": 32}
+#: Per-scenario overrides of ``AR1_DEFAULTS``: Split-Digits' experiences are ~300 images (~10 iterations an epoch),
+#: too few for a network trained from scratch in one epoch.
+AR1_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {"split-digits": {"epochs": 4}}
 _STRATEGY_DEPENDENT = ("epochs", "mb_size", "lr")
 _AR1_ONLY = ("rm_size", "inc_lr", "image_size")
 _AR1_MIN_IMAGE_SIZE = 32
@@ -66,6 +70,11 @@ class UpsampleToRGB:
         return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
 
 
+def _ar1_default(args: argparse.Namespace, key: str) -> Any:
+    """``--strategy ar1``'s default for ``key`` on ``args.scenario``."""
+    return AR1_SCENARIO_DEFAULTS.get(getattr(args, "scenario", None), {}).get(key, AR1_DEFAULTS[key])
+
+
 def resolve_options(args: argparse.Namespace) -> None:
     """Fills the options whose default depends on the strategy and refuses combinations that do not apply
     (:class:`CLIError`; ar1-only options elsewhere are usage errors)."""
@@ -77,10 +86,11 @@ def resolve_options(args: argparse.Namespace) -> None:
         args.lr = ADAM_LR
     for key in _STRATEGY_DEPENDENT:
         if getattr(args, key, None) is None:
-            setattr(args, key, AR1_DEFAULTS[key] if ar1 else DEFAULTS[key])
+            setattr(args, key, _ar1_default(args, key) if ar1 else DEFAULTS[key])
     for key in _AR1_ONLY:
         if getattr(args, key, None) is None:
-            setattr(args, key, AR1_DEFAULTS[key] if ar1 else None)
+            # AR1's default rm_size waits for the benchmark (_benchmark: capped at the first experience)
+            setattr(args, key, _ar1_default(args, key) if ar1 and key != "rm_size" else None)
         elif not ar1:
             raise CLIError(f"argument --{key.replace('_', '-')}: applies to --strategy ar1 only", usage=True)
     if ar1 and args.image_size < _AR1_MIN_IMAGE_SIZE:
@@ -153,9 +163,12 @@ def _benchmark(args: argparse.Namespace) -> Any:
         tf = UpsampleToRGB(args.image_size)
         transforms = {"train_transform": tf, "eval_transform": tf}
     try:
-        return SCENARIOS[args.scenario](n_experiences=args.n_experiences, seed=args.seed, **transforms)
+        benchmark = SCENARIOS[args.scenario](n_experiences=args.n_experiences, seed=args.seed, **transforms)
     except (ValueError, ImportError, FileNotFoundError, OSError) as err:
         raise CLIError(f"scenario {args.scenario}: {err}") from err
+    if args.strategy == "ar1" and args.rm_size is None:
+        args.rm_size = min(_ar1_default(args, "rm_size"), len(benchmark.train_stream[0].dataset))
+    return benchmark
 
 
 def _model(args: argparse.Namespace, benchmark: Any) -> tuple[torch.nn.Module, str]:

@@ -19,13 +19,15 @@ than one step); ``d_max`` likewise. It runs on the device, with no host synchron
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
 from .._checks import check_float
 from ..ops import batch_renorm_eval, batch_renorm_forward, batch_renorm_update_
 
-__all__ = ["BatchRenorm1d", "BatchRenorm2d"]
+__all__ = ["BatchRenorm1d", "BatchRenorm2d", "recompute_brn_statistics"]
 
 
 class _BatchRenorm(nn.Module):
@@ -172,3 +174,38 @@ class BatchRenorm1d(_BatchRenorm):
 
     def _param_shape(self) -> tuple[int, ...]:
         return (self.num_features,)
+
+
+@torch.no_grad()
+def recompute_brn_statistics(module: nn.Module, batches: Iterable[Tensor]) -> int:
+    """Re-estimates the running statistics of every BRN layer in ``module`` from ``batches`` (inputs of ``module``).
+
+    Afterwards each layer's ``running_avg_mean`` / ``running_avg_std`` is the plain average, over the batches, of
+    the batch mean and batch std (with ``eps``) it saw, every batch weighted alike. The running update is
+    ``running += momentum · (batch - running)``, so momentum ``1/(k+1)`` on batch ``k`` (0-based) makes it a
+    cumulative mean: batch 0 replaces the old statistics outright and nothing of them is left. The forwards run
+    in train mode, so each layer sees its predecessors normalised with batch statistics as in training. The
+    ``r_max`` / ``d_max`` ramps are held still (their steps set to 0) and every layer's momentum, ramp steps and
+    every module's mode are restored afterwards. With no batch nothing changes. Returns the number of batches.
+    """
+    layers = [m for m in module.modules() if isinstance(m, _BatchRenorm)]
+    if not layers:
+        return 0
+    saved = [(m.momentum, m.r_max_inc_step, m.d_max_inc_step) for m in layers]
+    modes = [(m, m.training) for m in module.modules()]
+    count = 0
+    try:
+        module.train()
+        for m in layers:
+            m.r_max_inc_step = m.d_max_inc_step = 0.0
+        for xb in batches:
+            for m in layers:
+                m.momentum = 1.0 / (count + 1)
+            module(xb)
+            count += 1
+    finally:
+        for m, (mom, r_step, d_step) in zip(layers, saved, strict=True):
+            m.momentum, m.r_max_inc_step, m.d_max_inc_step = mom, r_step, d_step
+        for m, training in modes:
+            m.training = training
+    return count

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed as dist
-from .._checks import check_float, check_int
+from .._checks import check_bool, check_float, check_int
 from ..evaluation import EvaluationPlugin, default_evaluator
 from ..nn import LatentModel, MobileNetV1, change_brn_pars, replace_bn_with_brn
 from ..nn.freeze import filter_bn_and_brn, freeze_up_to
@@ -25,6 +25,7 @@ from ..plugins import CWRStarPlugin, SynapticIntelligencePlugin
 from ..plugins.latent_memory import LatentReplayMemory, LatentStaging, new_pattern_count, rank_minibatch_split
 from ..training.templates import SupervisedTemplate
 from ..training.utils import module_modes
+from .ar1_brn import recompute_ar1_brn_statistics
 from .ar1_state import AR1StateMixin
 
 __all__ = ["AR1", "ar1_from_optimizer", "check_latent_model"]
@@ -86,7 +87,11 @@ class AR1(AR1StateMixin, SupervisedTemplate):
             statistics, and the first experience's memory entries are the latents of the chosen patterns recomputed
             at its end with ``lat_features`` in eval mode, as every later experience sees them (the chosen *inputs*
             are staged instead of their latents). Default False: §4.5, meant for a pretrained network (with random
-            BRN statistics a latent network in eval mode does not learn).
+            BRN statistics a latent network in eval mode does not learn). It implies ``recompute_brn_stats``.
+        recompute_brn_stats: not in Avalanche; ``None`` means ``lat_train_mode_first_exp``. At the end of every
+            experience, before the memory update, the BRN running statistics are re-estimated from its data
+            (:mod:`clfast.strategies.ar1_brn`: the whole model after the first, ``end_features`` after later ones),
+            and the minibatch split (§4.6) uses the memory's filled size when it is below ``rm_sz``.
         latent_layer: not in Avalanche. The module (dotted name) that starts the trained part of ``model``, which
             then needs no latent split of its own: AR1 converts its BN layers, then trains
             ``LatentModel(model, latent_layer)`` (``self.model``), whose ``lat_features`` is the part before
@@ -134,6 +139,7 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         replay_device: str | torch.device | None = None,
         pin_memory: bool = False,
         lat_train_mode_first_exp: bool = False,
+        recompute_brn_stats: bool | None = None,
         latent_layer: str | None = None,
         precision: str = "32",
         accumulate_grad_batches: int = 1,
@@ -162,6 +168,8 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         if not isinstance(lat_train_mode_first_exp, bool):
             raise TypeError(f"lat_train_mode_first_exp must be a bool, got {type(lat_train_mode_first_exp).__name__}")
         self.lat_train_mode_first_exp = lat_train_mode_first_exp
+        self.recompute_brn_stats = (lat_train_mode_first_exp if recompute_brn_stats is None else
+                                    check_bool("recompute_brn_stats", recompute_brn_stats))
         if num_classes is not None:
             check_int("num_classes", num_classes, low=1)
         if latent_layer is not None and (not isinstance(latent_layer, str) or not latent_layer):
@@ -277,7 +285,10 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         exp_index = self.clock.train_exp_counter
         world = dist.world_size()
         self._latent_path = exp_index > 0 and self.memory.allocated
-        self._cur_bs, self._replay_bs = rank_minibatch_split(n, self.rm_sz, self.train_mb_size,
+        # With recompute_brn_stats the split counts the memory's filled rows, not rm_sz (a first experience smaller
+        # than rm_sz leaves the memory short for good, and the nominal split would run out of replay early).
+        rm = min(self.rm_sz, self.memory.size) if self.recompute_brn_stats and self.memory.size else self.rm_sz
+        self._cur_bs, self._replay_bs = rank_minibatch_split(n, rm, self.train_mb_size,
                                                              self._latent_path and self.memory.size > 0, world)
         self.dataloader = self._make_loader("training", self._cur_bs, shuffle=shuffle, num_workers=num_workers,
                                             pin_memory=pin_memory, persistent_workers=persistent_workers,
@@ -376,7 +387,10 @@ class AR1(AR1StateMixin, SupervisedTemplate):
         super()._before_training(**kwargs)
 
     def _after_training_exp(self, **kwargs: Any) -> None:
-        """§4.7: the memory update, then the plugins' ``after_training_exp`` (SI, CWR*, evaluator, clock)."""
+        """§4.7: the memory update, then the plugins' ``after_training_exp`` (SI, CWR*, evaluator, clock). With
+        ``recompute_brn_stats`` the BRN statistics are re-estimated first, per rank before the average below."""
+        if self.recompute_brn_stats:
+            recompute_ar1_brn_statistics(self)
         if dist.world_size() > 1:  # per-rank BRN running statistics: averaged, so every rank holds the same model
             with torch.no_grad():
                 for t in self.model.buffers():

@@ -22,7 +22,7 @@ from .in_experience import InExperienceCheckpoints, file_writer
 from .periodic_eval import PEVAL_MODES, PeriodicEval
 from .plugins import SUPERVISED_HOOKS, BasePlugin, SupervisedPlugin
 from .precision import Precision
-from .utils import make_loader, stream_name, task_aware_forward, to_device
+from .utils import is_task_aware, make_loader, stream_name, task_aware_forward, to_device
 
 __all__ = ["BaseTemplate", "SupervisedTemplate"]
 
@@ -363,7 +363,9 @@ class SupervisedTemplate(BaseTemplate):
 
     def forward(self) -> Any:
         """The model's output on ``mb_x`` (with ``mb_task_id`` for a task-aware model)."""
-        if hasattr(self.experience, "task_labels") and len(self.mbatch) >= 3:
+        # The model is asked first: an experience's task_labels may be computed on each access (a unique over the
+        # dataset's labels), which a model without task routing never needs.
+        if len(self.mbatch) >= 3 and is_task_aware(self.model) and hasattr(self.experience, "task_labels"):
             return task_aware_forward(self.model, self.mb_x, self.mb_task_id)
         return self.model(self.mb_x)
 
