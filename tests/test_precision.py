@@ -138,12 +138,12 @@ class _Snapshot:
     """Copies of the parameters and of chosen plugin state before every training iteration."""
 
     def __init__(self, plugin, kinds: tuple[str, ...]) -> None:
-        self.plugin, self.kinds, self.before = plugin, kinds, None
+        self.plugin, self.kinds, self.at_start = plugin, kinds, None
         self.skipped: list[bool] = []
 
     def before_training_iteration(self, strategy, **kwargs) -> None:
         table = self.plugin._table
-        self.before = (_params(strategy.model), {k: table[k].clone() for k in self.kinds} if table.state else {})
+        self.at_start = (_params(strategy.model), {k: table[k].clone() for k in self.kinds} if table.state else {})
 
     def after_training_iteration(self, strategy, **kwargs) -> None:
         self.skipped.append(strategy.step_skipped)
@@ -168,7 +168,7 @@ def test_a_step_the_scaler_skips_changes_nothing(plugin_cls, kinds, optim) -> No
     torch.manual_seed(1)
     strategy.train(exp1)
     assert snapshot.skipped == [True]
-    params_before, state_before = snapshot.before
+    params_before, state_before = snapshot.at_start
     torch.testing.assert_close(_params(strategy.model), params_before, rtol=0, atol=0)
     for kind, value in state_before.items():
         assert torch.isfinite(plugin._table[kind]).all(), kind

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .. import distributed as dist
 from .errors import CLIError
 
 __all__ = ["PARALLEL", "process_group", "rank_device", "wrap_model"]
@@ -65,7 +64,3 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     model = model.to(device)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-
-def speaks() -> bool:
-    """Whether this process prints and writes files: rank 0, or the only process."""
-    return dist.is_main_process()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed as dist
 from . import parallel, resume
 from .report import format_report, summarize, write_outputs
 from .setup import Run, build_run, resolve_options
@@ -32,7 +33,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         with parallel.process_group(args):
-            if not parallel.speaks():  # under torchrun, rank 0 alone prints and writes
+            if not dist.is_main_process():  # under torchrun, rank 0 alone prints and writes
                 args.quiet, args.plot, args.out = True, False, None
             return _run_train(args)
     finally:
@@ -54,7 +55,7 @@ def _run_train(args: argparse.Namespace) -> int:
     run.evaluator.close()
     timings.update(total_s=time.perf_counter() - t_start, setup_s=setup_s)
     summary = summarize(args, run.benchmark, run.strategy, run.evaluator, timings)
-    if not parallel.speaks():
+    if not dist.is_main_process():
         return 0
     print(format_report(summary))
     if run.out_dir is not None:
@@ -94,7 +95,7 @@ def _train_stream(args: argparse.Namespace, run: Run, start: int, resumed: dict[
                               f"Exp{exp.current_experience:03d}", math.nan)
             print(f"  exp {exp.current_experience} classes {list(exp.classes_in_this_experience)}: "
                   f"trained in {train_exp_s[-1]:.2f} s, test accuracy on it {100 * acc:.1f}%")
-        if args.checkpoint_dir is not None and parallel.speaks():
+        if args.checkpoint_dir is not None and dist.is_main_process():
             resume.save_after_experience(args, run.strategy, position + 1,
                                          {"train_exp_s": train_exp_s, "eval_s": eval_s})
     return {"train_per_experience_s": train_exp_s, "eval_s": eval_s}
@@ -102,5 +103,5 @@ def _train_stream(args: argparse.Namespace, run: Run, start: int, resumed: dict[
 
 def _save_inside(args: argparse.Namespace, position: int, extra: dict[str, Any], strategy: Any,
                  in_experience: dict[str, Any]) -> None:
-    if parallel.speaks():
+    if dist.is_main_process():
         resume.save_after_experience(args, strategy, position, extra, in_experience=in_experience)
