@@ -6,7 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from clfast.evaluation import EvaluationPlugin
+from clfast.nn import MultiHeadMLP
 from clfast.plugins import SynapticIntelligencePlugin, si_allowed_parameters
+from clfast.scenarios import three_scenarios_split_digits
+from clfast.strategies import Naive
 from clfast.testing.avalanche import AvalancheSI
 from clfast.testing.plugin_fixtures import (
     MODEL_CASES,
@@ -137,3 +141,34 @@ def test_clip_is_checked():
     with pytest.raises(ValueError):
         SynapticIntelligencePlugin(1.0, clip=0.0)
     assert SynapticIntelligencePlugin(1.0).state_dict()["hparams"]["clip"] == 0.001
+
+
+def _si_on_task_split_digits(plugin: SynapticIntelligencePlugin, n_experiences: int) -> None:
+    torch.manual_seed(0)
+    bench = three_scenarios_split_digits("task")
+    model = MultiHeadMLP(64, 256, 2, initial_out_features=2)
+    strategy = Naive(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), nn.CrossEntropyLoss(),
+                     train_mb_size=32, train_epochs=4, plugins=[plugin], evaluator=EvaluationPlugin())
+    for exp in bench.train_stream[:n_experiences]:
+        strategy.train(exp)
+
+
+def test_min_importance_floors_omega_after_consolidation():
+    """Ω = min(−cum, clip) is negative where the path integral came out negative: here after the second task of
+    task-incremental Split-Digits under SGD with momentum 0.9 (clfast compare's SI without the floor; the loss then
+    falls to -1e4 in the fifth task). ``min_importance=0`` gives exactly max(Ω, 0): Ω only changes the training
+    from the next experience on."""
+    free, floored = SynapticIntelligencePlugin(0.1), SynapticIntelligencePlugin(0.1, min_importance=0.0)
+    _si_on_task_split_digits(free, 2)
+    _si_on_task_split_digits(floored, 2)
+    omega_free, omega_floored = free.ewc_data[1], floored.ewc_data[1]
+    assert min(float(v.min()) for v in omega_free.values()) < 0  # the case the floor is for
+    for name, v in omega_free.items():
+        torch.testing.assert_close(omega_floored[name], v.clamp(min=0.0), rtol=0, atol=0)
+    assert floored.state_dict()["hparams"]["min_importance"] == 0.0
+
+
+@pytest.mark.parametrize("kwargs", [{"min_importance": float("nan")}, {"min_importance": 0.01, "clip": 0.001}])
+def test_min_importance_is_checked(kwargs):
+    with pytest.raises(ValueError):
+        SynapticIntelligencePlugin(1.0, **kwargs)

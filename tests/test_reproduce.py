@@ -22,7 +22,7 @@ from clfast.cli.protocol import (
     build_run,
     method_config,
 )
-from clfast.cli.reproduce import sem
+from clfast.cli.report import sem
 from clfast.nn import MultiHeadMLP
 from clfast.plugins import EWCPlugin, ReplayPlugin, SynapticIntelligencePlugin
 

@@ -1,7 +1,7 @@
-"""The ``clfast`` command line: ``clfast train`` runs a continual-learning stream, ``clfast reproduce`` a published
-comparison, ``clfast info`` reports the build, ``clfast bench`` runs the op benchmark. This module holds the parser
-and the dispatch to the sub-commands, and turns :class:`CLIError` into ``clfast <command>: error: ...`` and exit
-code 2."""
+"""The ``clfast`` command line: ``clfast train`` runs a continual-learning stream, ``clfast compare`` the strategies
+side by side, ``clfast reproduce`` a published comparison, ``clfast info`` reports the build, ``clfast bench`` runs
+the op benchmark. This module holds the parser and the dispatch to the sub-commands, and turns :class:`CLIError` into
+``clfast <command>: error: ...`` and exit code 2."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..scenarios import SCENARIOS
 from ..strategies import STRATEGIES
 from ..training.precision import PRECISIONS
 from .argtypes import device_arg, float_arg, int_arg
+from .compare import add_compare_parser, run_compare
 from .errors import CLIError
 from .parallel import PARALLEL
 from .reproduce import add_reproduce_parser, run_reproduce
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         "info": (sub.add_parser("info", help="torch version, compiled devices and CUDA architectures"), _info),
         "bench": (_add_bench_parser(sub), _bench),
         "train": (_add_train_parser(sub), run_train),
+        "compare": (add_compare_parser(sub), run_compare),
         "reproduce": (add_reproduce_parser(sub), run_reproduce),
     }
     args = parser.parse_args(argv)

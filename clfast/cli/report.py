@@ -8,6 +8,8 @@ import csv
 import hashlib
 import json
 import math
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,13 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def sem(values: Sequence[float]) -> float | None:
+    """Standard error of the mean: the sample standard deviation (n − 1) over √n; None for one value."""
+    if len(values) < 2:
+        return None
+    return statistics.stdev(values) / math.sqrt(len(values))
 
 
 def model_digest(model: torch.nn.Module) -> str:

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import statistics
-from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..evaluation.plot import MATPLOTLIB_MISSING, plot_method_bars, require_matplotlib
+from ..evaluation.plot import plot_method_bars
 from ..plugins.per_sample import SAMPLE_LABELS
-from .argtypes import device_arg, float_arg, int_arg
-from .errors import CLIError
+from .argtypes import comma_list, device_arg, int_arg, output_dir, strength_pairs
 from .protocol import (
     ACTIVE_CLASSES,
     BENCHMARKS,
@@ -39,8 +36,10 @@ from .protocol import (
     method_name,
     run_one,
 )
-from .report import json_safe
+from .report import json_safe, sem
 
+#: The methods ``--strength`` takes.
+_STRENGTH_METHODS = ("ewc", "online-ewc", "si", "mas", "rwalk")
 SETTING_NAMES = {"task": "task-incremental", "domain": "domain-incremental", "class": "class-incremental"}
 BENCHMARK_NAMES = {"split-mnist": "Split-MNIST", "split-digits": "Split-Digits"}
 
@@ -87,59 +86,23 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     return q
 
 
-def sem(values: Sequence[float]) -> float | None:
-    """Standard error of the mean: the sample standard deviation (n − 1) over √n; None for one value."""
-    if len(values) < 2:
-        return None
-    return statistics.stdev(values) / math.sqrt(len(values))
-
-
-def _csv(text: str, check: Callable[[str], str], what: str) -> list[str]:
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    if not items:
-        raise CLIError(f"argument --{what}: expected a comma-separated list", usage=True)
-    try:
-        return list(dict.fromkeys(check(s) for s in items))
-    except ValueError as err:
-        raise CLIError(f"argument --{what}: {err}", usage=True) from None
-
-
 def _setting(name: str) -> str:
     if name not in SETTINGS:
         raise ValueError(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")
     return name
 
 
-def _strengths(pairs: Sequence[str]) -> dict[str, float]:
-    out = {}
-    for pair in pairs:
-        method, _, value = pair.partition("=")
-        if method not in ("ewc", "online-ewc", "si", "mas", "rwalk"):
-            raise CLIError(f"argument --strength: {pair!r}: METHOD is one of ewc, online-ewc, si, mas, rwalk",
-                           usage=True)
-        try:
-            out[method] = float_arg(0.0, 1e15)(value)
-        except argparse.ArgumentTypeError as err:
-            raise CLIError(f"argument --strength: {pair!r}: {err}", usage=True) from None
-    return out
-
-
 def run_reproduce(args: argparse.Namespace) -> int:
     """Runs ``clfast reproduce three-scenarios``; the torch thread count is restored on return."""
-    settings = _csv(args.settings, _setting, "settings")
-    methods = _csv(args.methods, check_method, "methods")
+    settings = comma_list(args.settings, _setting, "settings")
+    methods = comma_list(args.methods, check_method, "methods")
     defaults = HPARAM_DEFAULTS[args.hparams]
     options = Options(iterations=args.iterations, hparams=args.hparams,
                       fisher_labels=args.fisher_labels or defaults["fisher_labels"],
                       fisher_samples=args.fisher_samples,
                       active_classes=args.active_classes or defaults["active_classes"], benchmark=args.benchmark,
-                      device=args.device, strengths=_strengths(args.strength))
-    if args.plot:
-        try:
-            require_matplotlib()
-        except ImportError:
-            raise CLIError(f"--plot: {MATPLOTLIB_MISSING}") from None
-    out_dir = args.out if args.out is not None else (Path(".") if args.plot else None)
+                      device=args.device, strengths=strength_pairs(args.strength, _STRENGTH_METHODS, "METHOD"))
+    out_dir = output_dir(args.out, args.plot)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     jobs = [(s, m, seed) for s in settings for m in methods for seed in seeds]
     print(f"clfast reproduce three-scenarios: {len(jobs)} runs ({', '.join(settings)} x "

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from ..evaluation import CSVLogger, EvaluationPlugin, InteractiveLogger, JSONLogger, default_metrics
-from ..evaluation.plot import MATPLOTLIB_MISSING, require_matplotlib
 from ..models import MODELS
 from ..nn import MobileNetV1
 from ..plugins.registry import PLUGINS
 from ..scenarios import SCENARIOS
 from ..strategies import STRATEGIES
 from ..strategies.regularized import regularized
+from .argtypes import output_dir
 from .errors import CLIError
 from .parallel import wrap_model
 
@@ -124,12 +124,7 @@ def build_run(args: argparse.Namespace) -> Run:
     """Seeds the generators, then builds the benchmark, the model, the evaluator (with ``--out``'s loggers)
     and the strategy, in that order (the order fixes what each draws from the seeded generators)."""
     device = torch.device(args.device)
-    if args.plot:
-        try:
-            require_matplotlib()
-        except ImportError:
-            raise CLIError(f"--plot: {MATPLOTLIB_MISSING}") from None
-    out_dir: Path | None = args.out if args.out is not None else (Path(".") if args.plot else None)
+    out_dir = output_dir(args.out, args.plot)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(args.seed)

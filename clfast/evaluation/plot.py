@@ -1,4 +1,5 @@
-"""Accuracy-matrix heatmap and per-method bar charts (matplotlib, imported only here and only when called)."""
+"""Accuracy-matrix heatmap, per-method bar charts and accuracy against cost (matplotlib, imported only here and
+only when called)."""
 
 from __future__ import annotations
 
@@ -74,5 +75,31 @@ def plot_method_bars(results: Mapping[str, Mapping[str, Mapping[str, Any]]], pat
             ax.set_ylabel("accuracy (%)")
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), dpi=120)
+
+
+def plot_accuracy_vs_cost(results: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str],
+                          title: str = "") -> None:
+    """Writes a scatter plot of final average accuracy (%) against cost (time per iteration over Naive's), one
+    labelled point per strategy (``results[name]["accuracy"]`` and ``["cost_over_naive"]``, each with ``"mean"``
+    and ``"sem"``, the SEM None for a single run), the SEMs as error bars, as a PNG."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 3.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, r in results.items():
+        acc, cost = r["accuracy"], r["cost_over_naive"]
+        ax.errorbar(cost["mean"], acc["mean"], xerr=cost["sem"] or 0.0, yerr=acc["sem"] or 0.0, fmt="o",
+                    capsize=3)
+        ax.annotate(name, (cost["mean"], acc["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("time per training iteration over Naive's")
+    ax.set_ylabel("final average accuracy (%)")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(os.fspath(path), dpi=120)

@@ -47,8 +47,9 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
     Per iteration the path integral ω −= g⊙(θ_new − θ_old) is accumulated by one fused op, with g the
     ``.grad`` the optimizer used (total loss, penalty included). At the end of an experience:
     cum += c·(−ω)/((θ − θ*)² + eps), Ω ← min(−cum, clip) (c = 1; clipped above only, at 0.001 as in Avalanche,
-    or not at all with ``clip=None``), θ* ← θ. The loss gets (λ_e/2)·Σ Ω⊙(θ−θ*)² in every experience
-    (λ_e = ``si_lambda[e]``, the last one reused): value added in ``before_backward``, gradient λ_eΩ⊙(θ−θ*)
+    or not at all with ``clip=None``), then Ω ← max(Ω, min_importance) when that is given, θ* ← θ. The loss
+    gets (λ_e/2)·Σ Ω⊙(θ−θ*)² in every experience (λ_e = ``si_lambda[e]``, the last one reused): value added in
+    ``before_backward``, gradient λ_eΩ⊙(θ−θ*)
     accumulated into ``.grad`` in ``after_backward``.
 
     Zenke et al.'s and van de Ven & Tolias's SI, c·Σ Ω⊙(θ−θ*)² with Ω unclipped and ξ = 0.1 in the
@@ -62,6 +63,9 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
         si_lambda: λ, or one λ per experience (the last is reused), each >= 0.
         eps: damping of the consolidation's denominator (> 0); Avalanche's 1e-7 (van de Ven & Tolias: 0.1).
         clip: the upper bound of Ω (> 0), or None for none.
+        min_importance: the lower bound of Ω, or None for none (Avalanche's). Ω = −cum can be negative (a
+            parameter whose path integral ω came out negative, e.g. under momentum), and then the penalty
+            rewards moving away from θ*; ``0.0`` keeps it a true penalty (the command line's default).
         excluded_parameters: parameter-name patterns to leave out (``"output"`` also excludes
             ``"output.*"``); AR1 passes ``["output"]``.
         device: ``"as_strategy"`` (the training device) or that same device; the state must live
@@ -78,7 +82,7 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
 
     def __init__(self, si_lambda: float | Sequence[float], eps: float = 1e-7,
                  excluded_parameters: Sequence[str] | None = None, device: Any = "as_strategy", *,
-                 clip: float | None = SI_CLIP) -> None:
+                 clip: float | None = SI_CLIP, min_importance: float | None = None) -> None:
         super().__init__(select=lambda m: si_allowed_parameters(m, self.excluded_parameters))
         if isinstance(si_lambda, (list, tuple)):
             if not si_lambda:
@@ -88,6 +92,9 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
             self.si_lambda = [check_float("si_lambda", si_lambda, low=0.0)]
         self.eps = check_float("eps", eps, low=0.0, low_open=True)
         self.clip = None if clip is None else check_float("clip", clip, low=0.0, low_open=True)
+        self.min_importance = None if min_importance is None else check_float("min_importance", min_importance)
+        if self.min_importance is not None and self.clip is not None and self.min_importance > self.clip:
+            raise ValueError(f"min_importance={self.min_importance} exceeds clip={self.clip}")
         if excluded_parameters is None:
             excluded_parameters = []
         if isinstance(excluded_parameters, str) or not all(isinstance(p, str) for p in excluded_parameters):
@@ -164,8 +171,12 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
         ops.si_consolidate_(self._table["cum"], self._table["importance"], self._table["omega"],
                             self._table["anchor"], params, c=SI_C, eps=self.eps,
                             clip=math.inf if self.clip is None else self.clip)
+        if self.min_importance is not None:
+            # A negative Ω makes the penalty a downward parabola: the loss falls without bound as θ leaves θ*.
+            self._table["importance"].clamp_(min=self.min_importance)
 
     # -- state ----------------------------------------------------------------------------------------
     def _hparams(self) -> dict[str, Any]:
         return {"si_lambda": list(self.si_lambda), "eps": self.eps, "clip": self.clip,
+                "min_importance": self.min_importance,
                 "excluded_parameters": list(self.excluded_parameters)}
