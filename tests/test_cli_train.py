@@ -144,3 +144,12 @@ def test_thread_count_is_restored(tmp_path):
     before = torch.get_num_threads()
     assert main(["train", "--epochs", "1", "--n-experiences", "2", "--quiet", "--threads", "1"]) == 0
     assert torch.get_num_threads() == before
+
+
+def test_a_diverging_training_ends_with_a_clear_error(capsys):
+    """EWC's strength 300 with two minibatches per step: the Fisher of a less converged model is larger and the
+    penalty makes SGD diverge in the fifth experience; the ops refuse the NaN gradients, the command says so."""
+    rc = main(["train", "--strategy", "ewc", "--accumulate-grad-batches", "2", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "experience 4" in err and "NaN or inf" in err and "training diverged?" in err

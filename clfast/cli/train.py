@@ -19,6 +19,7 @@ import torch
 
 from .. import distributed as dist
 from . import parallel, resume
+from .errors import CLIError
 from .report import format_report, summarize, write_outputs
 from .setup import Run, build_run, resolve_options
 
@@ -85,7 +86,11 @@ def _train_stream(args: argparse.Namespace, run: Run, start: int, resumed: dict[
             checkpoints.writer = functools.partial(_save_inside, args, position,
                                                    {"train_exp_s": list(train_exp_s), "eval_s": eval_s})
         t0 = time.perf_counter()
-        run.strategy.train(exp)
+        try:
+            run.strategy.train(exp)
+        except ValueError as err:  # the plugins and ops refuse NaN/inf: a diverged training ends with a message
+            hint = " (training diverged? a smaller --reg-lambda or --lr may help)" if "NaN or inf" in str(err) else ""
+            raise CLIError(f"experience {exp.current_experience}: {err}{hint}") from err
         train_exp_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         metrics = run.strategy.eval(run.benchmark.test_stream)
