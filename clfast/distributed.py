@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, DistributedSampler
 __all__ = [
     "all_gather_object",
     "all_reduce_grads_",
+    "all_reduce_max_",
     "all_reduce_mean_",
     "all_reduce_sum_",
     "barrier",
@@ -69,6 +70,13 @@ def all_reduce_sum_(tensor: Tensor) -> Tensor:
     """Sum ``tensor`` over all ranks, in place (a no-op when not distributed); returns it."""
     if world_size() > 1:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max_(tensor: Tensor) -> Tensor:
+    """Element-wise maximum of ``tensor`` over all ranks, in place (a no-op when not distributed); returns it."""
+    if world_size() > 1:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
     return tensor
 
 

@@ -10,10 +10,13 @@ union of the ranks' batches k (the DistributedSampler's order), the definition o
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate
 
@@ -208,8 +211,16 @@ def run_ar1(kind: str, distributed: bool) -> dict[str, Any]:
             "logged": logger.count}
 
 
-def worker(rank: int, port: int, outdir: str, kinds: list[str]) -> None:
-    """One rank: every case, each saved to ``outdir/{kind}_rank{rank}.pt``."""
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for the rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cases_on_rank(rank: int, port: int, outdir: str, kinds: list[str], run: Callable[[str], Any]) -> None:
+    """One rank of a ``WORLD``-process gloo group: ``run(kind)`` for every case, each result saved to
+    ``outdir/{kind}_rank{rank}.pt``."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -217,7 +228,22 @@ def worker(rank: int, port: int, outdir: str, kinds: list[str]) -> None:
     try:
         assert dist.is_distributed() and dist.rank() == rank and dist.world_size() == WORLD
         for kind in kinds:
-            torch.save(run_case(kind, distributed=True), os.path.join(outdir, f"{kind}_rank{rank}.pt"))
+            torch.save(run(kind), os.path.join(outdir, f"{kind}_rank{rank}.pt"))
         dist.barrier()
     finally:
         torch.distributed.destroy_process_group()
+
+
+def spawn_cases(worker: Callable[..., None], outdir: Path, kinds: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """``worker(rank, port, outdir, kinds)`` on ``WORLD`` spawned processes; every rank's results by case."""
+    mp.spawn(worker, args=(free_port(), str(outdir), kinds), nprocs=WORLD, join=True)
+    return {k: [torch.load(outdir / f"{k}_rank{r}.pt", weights_only=False) for r in range(WORLD)] for k in kinds}
+
+
+def _run_ddp_case(kind: str) -> dict[str, Any]:
+    return run_case(kind, distributed=True)
+
+
+def worker(rank: int, port: int, outdir: str, kinds: list[str]) -> None:
+    """One rank: every DDP case (:func:`run_cases_on_rank`)."""
+    run_cases_on_rank(rank, port, outdir, kinds, _run_ddp_case)

@@ -87,3 +87,18 @@ def test_ar1_benchmark_runs_both_contenders_and_writes_results(tmp_path, backbon
     # MobileNetV1 after entry 19 at 32 px: (128 channels at width 0.25, 2, 2); ResNet-18 before layer3: (16, 4, 4)
     assert result["composition"]["latent_shape"] == ([128, 2, 2] if len(backbone) == 2 else [16, 4, 4])
     assert len(list(tmp_path.glob("ar1_*.json"))) == 1 and len(list(tmp_path.glob("ar1_*.md"))) == 1
+
+
+@pytest.mark.slow
+def test_large_benchmark_runs_fsdp_with_one_and_two_ranks(monkeypatch):
+    # imported by name: its ranks are spawned processes that import the module again
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_large
+
+    result = bench_large.main(["--quick", "--worlds", "1,2", "--precisions", "32"])
+    configs = {c["world"]: c["rows"] for c in result["configs"]}
+    assert set(configs) == {1, 2} and all(set(rows) == set(bench_large.CONTENDERS) for rows in configs.values())
+    for name in bench_large.CONTENDERS:
+        assert configs[1][name]["ms"] > 0 and configs[2][name]["over_naive"] > 0
+        if name != "naive":  # every parameter's rows split evenly in two at this width
+            assert configs[2][name]["state_bytes"] * 2 == configs[1][name]["state_bytes"] > 0

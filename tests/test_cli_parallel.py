@@ -42,3 +42,29 @@ def test_parallel_outside_torchrun_is_a_clear_error(monkeypatch, capsys):
         monkeypatch.delenv(var, raising=False)
     assert main([*ARGS, "--quiet"]) == 2
     assert "runs under torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fsdp_two_ranks_train_like_one_rank_at_twice_the_batch(tmp_path):
+    """``--parallel fsdp``: the model sharded, MAS's state over the shards; the same accuracy matrix as one process
+    at twice the batch (up to the padding of an odd shard) and, gathered whole, the same model as the DDP run."""
+    fsdp = _torchrun(2, tmp_path / "fsdp", "--mb-size", "16", "--parallel", "fsdp")
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    assert fsdp.stdout.count("accuracy matrix") == 1
+    ddp = _torchrun(2, tmp_path / "ddp", "--mb-size", "16")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a = json.loads((tmp_path / "fsdp" / "results.json").read_text())
+    b = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert a["config"]["parallel"] == "fsdp"
+    for row_a, row_b in zip(a["accuracy_matrix"], b["accuracy_matrix"], strict=True):
+        assert row_a == pytest.approx(row_b, abs=1e-6)
+    assert a["accuracy_matrix"][1][1] > 0.5
+
+
+@pytest.mark.parametrize("extra", [["--strategy", "ar1"], ["--precision", "16-mixed"], ["--checkpoint-dir", "ck"]])
+def test_fsdp_refusals_are_usage_errors(extra, capsys):
+    args = [a for a in ARGS if a not in ("--strategy", "mas")]
+    with pytest.raises(SystemExit) as err:
+        main([*args, "--parallel", "fsdp", *extra, "--quiet"])
+    assert err.value.code == 2
+    assert "--parallel fsdp does not take" in capsys.readouterr().err

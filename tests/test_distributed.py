@@ -7,14 +7,11 @@ float tolerance (``docs/distributed.md``).
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from _ddp_worker import AR1_CASES, CASES, WORLD, run_case, worker
+from _ddp_worker import AR1_CASES, CASES, run_case, spawn_cases, worker
 
 from clfast import distributed as dist
 from clfast.plugins import PLUGINS, CWRStarPlugin
@@ -26,19 +23,9 @@ pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.
 TOL = {"rtol": 1e-4, "atol": 1e-6}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    outdir = tmp_path_factory.mktemp("ddp")
-    kinds = [*CASES, *AR1_CASES]
-    mp.spawn(worker, args=(_free_port(), str(outdir), kinds), nprocs=WORLD, join=True)
-    return {k: [torch.load(Path(outdir) / f"{k}_rank{r}.pt", weights_only=False) for r in range(WORLD)]
-            for k in kinds}
+    return spawn_cases(worker, tmp_path_factory.mktemp("ddp"), [*CASES, *AR1_CASES])
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""``clfast train --parallel ddp`` under ``torchrun``: the process group from the environment, the device of this
-rank, the model wrapped, and which rank speaks (``docs/distributed.md``, "From the command line").
+"""``clfast train --parallel ddp|fsdp`` under ``torchrun``: the process group from the environment, the device of
+this rank, the model wrapped (DDP) or sharded (FSDP2), and which rank speaks (``docs/distributed.md``, "From the
+command line").
 
 ``torchrun --nproc-per-node N -m clfast train ... --parallel ddp`` starts N processes with ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK`` and the rendezvous address in their environment. Each process joins the group (gloo on the CPU,
@@ -18,18 +19,19 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..sharding import shard_model
 from .errors import CLIError
 
 __all__ = ["PARALLEL", "process_group", "rank_device", "wrap_model"]
 
 #: ``--parallel`` choices.
-PARALLEL = ("none", "ddp")
+PARALLEL = ("none", "ddp", "fsdp")
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @contextlib.contextmanager
 def process_group(args: argparse.Namespace) -> Iterator[None]:
-    """With ``--parallel ddp``: joins the process group that ``torchrun`` describes in the environment for the
+    """With ``--parallel ddp|fsdp``: joins the process group that ``torchrun`` describes in the environment for the
     command's duration (a :class:`CLIError` outside ``torchrun``), and sets ``args.device`` to this rank's."""
     if args.parallel == "none":
         yield
@@ -59,8 +61,11 @@ def rank_device(requested: torch.device, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model in ``DistributedDataParallel`` on ``device`` (rank 0's parameters broadcast at construction)."""
+def wrap_model(model: nn.Module, device: torch.device, mode: str = "ddp") -> nn.Module:
+    """``mode="ddp"``: the model in ``DistributedDataParallel`` on ``device`` (rank 0's parameters broadcast at
+    construction). ``"fsdp"``: the model on ``device`` sharded in place by :func:`clfast.sharding.shard_model`
+    (every rank built it from the same seed, so the shards come from identical parameters)."""
     model = model.to(device)
+    if mode == "fsdp":
+        return shard_model(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-

@@ -18,6 +18,7 @@ import torch
 from ..distributed import unwrap
 from ..evaluation import EvaluationPlugin, average_accuracy, forgetting, format_matrix
 from ..evaluation.plot import plot_accuracy_matrix
+from ..sharding import whole
 
 
 def json_safe(value: Any) -> Any:
@@ -42,10 +43,11 @@ def sem(values: Sequence[float]) -> float | None:
 
 def model_digest(model: torch.nn.Module) -> str:
     """SHA-256 of the model's state (names, dtypes, shapes, bytes): equal digests mean identical models. A
-    DistributedDataParallel wrapper is looked through (its names would carry a ``module.`` prefix)."""
+    DistributedDataParallel wrapper is looked through (its names would carry a ``module.`` prefix); FSDP2's
+    sharded tensors are gathered whole (a collective: every rank calls this)."""
     h = hashlib.sha256()
     for name, t in unwrap(model).state_dict().items():
-        t = t.detach().cpu().contiguous()
+        t = whole(t).detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

@@ -100,6 +100,13 @@ def resolve_options(args: argparse.Namespace) -> None:
         raise CLIError(f"--reg-lambda applies to {sorted(PLUGINS)}, not {args.strategy}")
     if args.resume and args.checkpoint_dir is None:
         raise CLIError("--resume needs --checkpoint-dir")
+    if getattr(args, "parallel", "none") == "fsdp":
+        refused = [f"--strategy {args.strategy}" if ar1 else None,
+                   "--precision 16-mixed" if args.precision == "16-mixed" else None,
+                   "--checkpoint-dir" if args.checkpoint_dir is not None else None]
+        if any(refused):
+            raise CLIError(f"--parallel fsdp does not take {', '.join(r for r in refused if r)} (docs/distributed.md, "
+                           "\"FSDP2\")", usage=True)
     if getattr(args, "checkpoint_every", None) is not None:
         if args.checkpoint_dir is None:
             raise CLIError("--checkpoint-every needs --checkpoint-dir")
@@ -130,8 +137,9 @@ def build_run(args: argparse.Namespace) -> Run:
     _seed_everything(args.seed)
     benchmark = _benchmark(args)
     model, model_name = _model(args, benchmark)
-    if getattr(args, "parallel", "none") == "ddp" and args.strategy != "ar1":  # AR1 averages over the ranks itself
-        model = wrap_model(model, device)
+    parallel = getattr(args, "parallel", "none")
+    if parallel != "none" and args.strategy != "ar1":  # AR1 averages over the ranks itself (and refuses fsdp)
+        model = wrap_model(model, device, parallel)
     optimizer = OPTIMIZERS[getattr(args, "optimizer", "sgd")](model.parameters(), args)
     loggers: list[Any] = [] if args.quiet else [InteractiveLogger(progress=True, lines=False)]
     if out_dir is not None:

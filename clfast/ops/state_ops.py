@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..sharding import grad_of, set_grad
 from .finite import FiniteGuard
 from .finite import check_finite as _check_finite
 
@@ -33,7 +34,7 @@ _ops = torch.ops.clfast
 
 def _grads_of(params: Sequence[Tensor], grads: Sequence[Tensor | None] | None) -> list[Tensor | None]:
     if grads is None:
-        return [p.grad for p in params]
+        return [grad_of(p) for p in params]
     return list(grads)
 
 
@@ -168,7 +169,7 @@ def quad_penalty_grad_(
     modes: list[int] = []
     fresh: list[tuple[Tensor, Tensor]] = []
     for i, p in enumerate(params):
-        g = p.grad
+        g = grad_of(p)
         if not p.requires_grad or (g is None and penalised is not None and not penalised[i]):
             grads.append(_placeholder(p.device))
             modes.append(GradMode.SKIP)
@@ -183,7 +184,7 @@ def quad_penalty_grad_(
     with torch.no_grad():
         value = _ops.quad_penalty_grad_(grads, params, importance, anchor, float(lam), [int(m) for m in modes])
     for p, g in fresh:
-        p.grad = g
+        set_grad(p, g)
     return value
 
 

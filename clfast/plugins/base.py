@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .. import distributed as dist
 from .. import ops
 from ..optim.flat import FlatStepOptimizer
 from ..state import FlatState
@@ -137,6 +138,8 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
         const = self._penalty_constant()
         if const:
             value = value + lam * const
+        if self._table.sharded:  # FSDP2: this rank's shards' part of the sum (and of C); the loss is the whole
+            value = dist.all_reduce_sum_(value.detach().to(device=dist.comm_device(), dtype=torch.float64))
         strategy.loss += value.detach().to(device=strategy.loss.device, dtype=strategy.loss.dtype)
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:

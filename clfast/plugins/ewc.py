@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .. import ops
 from .._checks import check_bool, check_choice, check_float, check_int
 from ..distributed import unwrap
+from ..sharding import is_sharded_model
 from ..state import FlatState
 from .base import RegularizerPlugin
 from .passes import gradient_pass, strategy_num_workers
@@ -170,6 +171,9 @@ class EWCPlugin(RegularizerPlugin, supports_distributed=True):
         """Mean over batches of the squared batch gradient of the criterion (``fisher="batch"``), or over samples
         of the squared per-sample gradient (``"sample"``), in eval mode, flat."""
         if self.fisher == "sample":
+            if self._table.sharded or is_sharded_model(strategy.model):
+                raise ValueError("EWCPlugin(fisher='sample') does not run under FSDP2 (its per-sample gradients "
+                                 "bypass the sharded backward); use fisher='batch'")
             total, n = sample_sq_grad_pass(strategy, params, labels=self.fisher_labels,
                                            max_samples=self.fisher_samples, num_workers=strategy_num_workers(kwargs))
             total /= max(n, 1)

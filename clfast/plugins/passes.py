@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from .. import distributed as dist
 from ..distributed import unwrap
+from ..sharding import is_sharded
 from ..training.precision import precision_of
 from ..training.utils import is_task_aware, make_loader, module_modes
 
@@ -69,7 +70,8 @@ def batch_gradient(model: nn.Module, batch: Sequence[Any], device: torch.device,
         return loss(out, y)
 
     precision_of(strategy).pass_backward(batch_loss, params, lambda: model.zero_grad(set_to_none=set_to_none))
-    dist.all_reduce_grads_(params)  # distributed: the global batch's gradient (docs/distributed.md)
+    if not any(is_sharded(p) for p in model.parameters()):  # FSDP2's backward has reduce-scattered them already
+        dist.all_reduce_grads_(params)  # distributed: the global batch's gradient (docs/distributed.md)
 
 
 def gradient_pass(strategy: Any, params: Sequence[Tensor], loss: LossFn, update: Callable[[int], None], *,

@@ -9,9 +9,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .. import distributed as dist
 from .. import ops
 from .._checks import check_bool, check_float, check_int
 from ..distributed import unwrap
+from ..sharding import grad_of
 from ..state import FlatState
 from ..training.precision import step_is_due, step_was_taken
 from ..training.utils import module_modes
@@ -175,7 +177,7 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
     def _read_task_grad(self, params: list[Tensor]) -> None:
         """g_t ← ``.grad``: update the EWC++ Fisher and keep a copy of g for the path integral."""
         table = self._table
-        grads = [p.grad for p in params]
+        grads = [grad_of(p) for p in params]
         now = [g is not None for g in grads]
         names = table.state.names
         fresh = [i for i, has in enumerate(now) if has and names[i] not in self._in_fisher]
@@ -241,7 +243,10 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
                     fisher_m[e.offset:e.offset + e.numel] = 0.0
                 if e.name not in self._scored:
                     scores_m[e.offset:e.offset + e.numel] = 0.0
-            penalty = ops.rwalk_penalty_weights(fisher_m, scores_m)
+            if table.sharded:  # FSDP2: the maxima run over every rank's shard
+                penalty = _penalty_weights_over_ranks(fisher_m, scores_m)
+            else:
+                penalty = ops.rwalk_penalty_weights(fisher_m, scores_m)
             penalised = [n in self._scored and n in self._exp_fisher_keys for n in names]
             for e, p in zip(st.entries, penalised, strict=True):
                 if not p:
@@ -282,3 +287,12 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
                        "_exp_fisher_keys": exp_keys,
                        "_penalised": None if penalised is None else [n in penalised for n in names],
                        "_iter_grad": [n in iter_grad for n in names]}
+
+
+def _penalty_weights_over_ranks(fisher: Tensor, scores: Tensor) -> Tensor:
+    """:func:`clfast.ops.rwalk_penalty_weights` of this rank's shards with the maxima over all ranks' shards: the
+    global maximum of each, appended as one more element, is the maximum the op sees."""
+    maxima = torch.stack([ops.state_max(fisher) if fisher.numel() else fisher.new_tensor(-torch.inf),
+                          ops.state_max(scores) if scores.numel() else scores.new_tensor(-torch.inf)])
+    dist.all_reduce_max_(maxima)
+    return ops.rwalk_penalty_weights(torch.cat([fisher, maxima[:1]]), torch.cat([scores, maxima[1:]]))[:-1]

@@ -1,5 +1,5 @@
 """``ParamTable``: the regularisers' flat per-parameter state (:class:`clfast.state.FlatState`), kept in step
-with a model's named parameters (growth, replaced or missing parameters, DDP wrapping)."""
+with a model's named parameters (growth, replaced or missing parameters, DDP wrapping, FSDP2 shards)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import unwrap
+from ..sharding import is_sharded, shard_view
 from ..state import FlatState
 
 __all__ = ["ParamTable", "kept"]
@@ -28,6 +29,9 @@ class ParamTable:
       gradient, so they add nothing.
     * A ``DistributedDataParallel`` (or ``DataParallel``) model is unwrapped first: the table holds the
       wrapped module's parameter names (no ``module.`` prefix), as in a single-process run.
+    * Under FSDP2 (``DTensor`` parameters) the table holds this rank's shards: each parameter is stood for by
+      its shard view (:func:`clfast.sharding.shard_view`, shapes are the local shards'), so the state is 1/W
+      of the whole per rank.
     * ``tensors(model)`` returns the parameters in table order. It is cached per model object and
       refreshed by :meth:`sync` (called at experience boundaries and after eval, where model
       adaptation may replace or grow parameters).
@@ -47,12 +51,35 @@ class ParamTable:
         self._model: nn.Module | None = None
         self._tensors: list[Tensor] = []
         self._active: list[bool] = []
+        self._views: dict[int, tuple[Tensor, Tensor]] = {}  # id(DTensor parameter) -> (parameter, shard view)
+
+    def _named(self, model: nn.Module) -> list[tuple[str, Tensor]]:
+        """``select(model)``, each ``DTensor`` parameter replaced by its shard view (the same view object for
+        the same parameter, its ``requires_grad`` refreshed)."""
+        named = self.select(model)
+        if not any(is_sharded(p) for _, p in named):
+            return named
+        views, out = {}, []
+        for n, p in named:
+            known = self._views.get(id(p))
+            view = known[1] if known is not None and known[0] is p else shard_view(p)
+            view.requires_grad_(p.requires_grad)
+            views[id(p)] = (p, view)
+            out.append((n, view))
+        self._views = views
+        return out
+
+    @property
+    def sharded(self) -> bool:
+        """The table holds shards of ``DTensor`` parameters (FSDP2): sums and maxima over the whole state need a
+        collective over the ranks."""
+        return bool(self._views)
 
     # -- structure ----------------------------------------------------------------------------------
     def sync(self, model: nn.Module, *, add_new: bool, device: torch.device | None = None) -> list[str]:
         """Create the state, or grow it to follow ``model``; returns the names added or grown."""
         model = unwrap(model)
-        named = self.select(model)
+        named = self._named(model)
         if self.state is None:
             if not add_new:
                 return []
@@ -106,7 +133,7 @@ class ParamTable:
     def new_params(self, model: nn.Module) -> list[tuple[str, Tensor]]:
         """Selected parameters of ``model`` not in the table yet, in the order ``sync(add_new=True)``
         appends them (after the existing entries)."""
-        named = self.select(unwrap(model))
+        named = self._named(unwrap(model))
         if self.state is None:
             return named
         return [(n, p) for n, p in named if n not in self.state]
@@ -151,7 +178,7 @@ class ParamTable:
     def refresh_stand_ins(self) -> None:
         """Re-point the stand-ins after the state buffers were replaced."""
         if self._model is not None and self.state is not None:
-            self._cache(self._model, self.select(self._model))
+            self._cache(self._model, self._named(self._model))
 
     def __getitem__(self, kind: str) -> Tensor:
         assert self.state is not None
@@ -172,7 +199,7 @@ class ParamTable:
             raise ValueError(f"state kinds {sorted(state.kinds)} do not match this plugin's {sorted(self.kinds)}")
         if model is not None:
             model = unwrap(model)
-            shapes = {n: p.shape for n, p in self.select(model)}
+            shapes = {n: p.shape for n, p in self._named(model)}
             missing = [e.name for e in state.entries if e.name not in shapes]
             if missing:
                 raise ValueError(f"the state is for another model: parameters {missing[:5]} are not in the model")
