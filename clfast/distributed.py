@@ -27,6 +27,7 @@ __all__ = [
     "is_distributed",
     "is_main_process",
     "rank",
+    "set_gradient_sync",
     "unwrap",
     "world_size",
 ]
@@ -57,6 +58,20 @@ def unwrap(model: nn.Module) -> nn.Module:
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """Whether the next forward and backward of ``model`` average the gradients over the ranks (``enabled``) or
+    only accumulate them locally: what ``DistributedDataParallel.no_sync()`` switches (set before the forward,
+    which prepares DDP's backward) or FSDP2's ``set_requires_gradient_sync``. For the minibatches of an
+    accumulation window before its last: the last backward then averages the window's sum, so the step is the
+    same with one collective per step instead of one per minibatch. Any other model: no effect."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model.require_backward_grad_sync = enabled
+        return
+    setter = getattr(model, "set_requires_gradient_sync", None)  # an FSDP2 module
+    if setter is not None:
+        setter(enabled)
 
 
 def comm_device() -> torch.device:

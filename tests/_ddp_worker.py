@@ -51,6 +51,9 @@ CASES: dict[str, Any] = {  # plugin factories of the (unwrapped) model
     "cwr": lambda m: CWRStarPlugin(m, freeze_remaining_model=True),
 }
 
+#: Gradient accumulation: two minibatches per step; DDP all-reduces only on a step's minibatch (no_sync before).
+ACCUM_CASES = ["naive+accum2", "mas+accum2", "rwalk+accum2"]
+
 # AR1 (docs/distributed.md, "AR1"): per experience 26 patterns (13 per rank), rm_sz 9, B = 4 per rank. The second
 # experience's single-process split at W·B = 8 is 6 current + 2 replayed, i.e. 3 + 1 per rank; its 5th (last)
 # iteration has 1 current pattern per rank and replay row 8 on rank 0 only (uneven ranks).
@@ -112,26 +115,48 @@ class CountingLogger:
         self.count += len(values)
 
 
+def split_kind(kind: str) -> tuple[str, int]:
+    """``"mas+accum2"`` -> (``"mas"``, 2): the case and its ``accumulate_grad_batches`` (1 without the suffix)."""
+    base, _, k = kind.partition("+accum")
+    return base, int(k) if k else 1
+
+
+def _counting_allreduce(state, bucket):  # unannotated: DDP checks a hook's annotations by their types
+    """DDP's default all-reduce of a gradient bucket, counted in ``state[0]``."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    state[0] += 1
+    return default_hooks.allreduce_hook(None, bucket)
+
+
 def run_case(kind: str, distributed: bool) -> dict[str, Any]:
-    """Train and evaluate one case; returns parameters, plugin state and metrics (CPU tensors)."""
+    """Train and evaluate one case; returns parameters, plugin state and metrics (CPU tensors), and under DDP the
+    number of gradient all-reduces DDP ran in training and the optimizer steps."""
     if kind in AR1_CASES:
         return run_ar1(kind, distributed)
+    base, accumulate = split_kind(kind)
     model = make_model()
-    net: nn.Module = (nn.parallel.DistributedDataParallel(model, find_unused_parameters=kind == "cwr")
+    net: nn.Module = (nn.parallel.DistributedDataParallel(model, find_unused_parameters=base == "cwr")
                       if distributed else model)
+    allreduces = [0]
+    if distributed:
+        net.register_comm_hook(allreduces, _counting_allreduce)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    plugin = CASES[kind](model)
+    plugin = CASES[base](model)
     logger = CountingLogger()
     evaluator = EvaluationPlugin(Accuracy(), Loss(), Forgetting(), AccuracyMatrix(), loggers=[logger])
     cls = Naive if distributed else ReferenceNaive
     strategy = cls(net, opt, train_mb_size=B if distributed else WORLD * B, train_epochs=EPOCHS, eval_mb_size=3,
-                   plugins=[] if plugin is None else [plugin], evaluator=evaluator)
+                   plugins=[] if plugin is None else [plugin], evaluator=evaluator,
+                   accumulate_grad_batches=accumulate)
     train, test = streams()
     for exp in train:
         strategy.train(exp)
         strategy.eval(test)
     return {"params": {n: p.detach().clone() for n, p in dist.unwrap(strategy.model).named_parameters()},
             "plugin": None if plugin is None else plugin.state_dict(),
+            "comm": {"allreduces": allreduces[0] if distributed else None, "steps": strategy.clock.train_steps,
+                     "iterations": strategy.clock.train_iterations},
             "metrics": evaluator.get_last_metrics(),
             "matrix": evaluator.accuracy_matrix("test"), "logged": logger.count}
 

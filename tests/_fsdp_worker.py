@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from _ddp_worker import CASES, EPOCHS, WORLD, B, ReferenceNaive, make_model, run_cases_on_rank, streams
+from _ddp_worker import CASES, EPOCHS, WORLD, B, ReferenceNaive, make_model, run_cases_on_rank, split_kind, streams
 
 from clfast import distributed as dist
 from clfast.evaluation import Accuracy, AccuracyMatrix, EvaluationPlugin, Loss
@@ -15,7 +15,7 @@ from clfast.sharding import shard_model
 from clfast.strategies import Naive
 
 #: The plugins FSDP2 runs (``docs/distributed.md``, "FSDP2"); CWR* and AR1 are not among them.
-FSDP_CASES = ["naive", "mas", "ewc", "ewc_online", "si", "rwalk", "rwalk_pass"]
+FSDP_CASES = ["naive", "mas", "ewc", "ewc_online", "si", "rwalk", "rwalk_pass", "si+accum2", "rwalk+accum2"]
 
 
 class LossLog:
@@ -40,16 +40,18 @@ def _whole(t: torch.Tensor) -> torch.Tensor:
 def run_fsdp_case(kind: str, sharded: bool) -> dict[str, Any]:
     """Train and evaluate one case; returns whole parameters, whole plugin state per kind, this rank's plugin
     state size, the reported losses and the accuracy matrix."""
+    base, accumulate = split_kind(kind)
     model = make_model()
     if sharded:
         shard_model(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    plugin = CASES[kind](model)
+    plugin = CASES[base](model)
     losses = LossLog()
     evaluator = EvaluationPlugin(Accuracy(), Loss(), AccuracyMatrix())
     cls = Naive if sharded else ReferenceNaive
     strategy = cls(model, opt, train_mb_size=B if sharded else WORLD * B, train_epochs=EPOCHS, eval_mb_size=3,
-                   plugins=[losses] if plugin is None else [plugin, losses], evaluator=evaluator)
+                   plugins=[losses] if plugin is None else [plugin, losses], evaluator=evaluator,
+                   accumulate_grad_batches=accumulate)
     train, test = streams()
     for exp in train:
         strategy.train(exp)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from _ddp_worker import AR1_CASES, CASES, run_case, spawn_cases, worker
+from _ddp_worker import ACCUM_CASES, AR1_CASES, CASES, run_case, spawn_cases, split_kind, worker
 
 from clfast import distributed as dist
 from clfast.plugins import PLUGINS, CWRStarPlugin
@@ -25,7 +25,7 @@ TOL = {"rtol": 1e-4, "atol": 1e-6}
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    return spawn_cases(worker, tmp_path_factory.mktemp("ddp"), [*CASES, *AR1_CASES])
+    return spawn_cases(worker, tmp_path_factory.mktemp("ddp"), [*CASES, *ACCUM_CASES, *AR1_CASES])
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -58,7 +58,7 @@ def _assert_same(a: Any, b: Any, *, exact: bool) -> None:
             assert x == y or (x != x and y != y), k
 
 
-@pytest.mark.parametrize("kind", [*CASES, *AR1_CASES])
+@pytest.mark.parametrize("kind", [*CASES, *ACCUM_CASES, *AR1_CASES])
 def test_ranks_identical_and_equal_to_single_process(ddp_results, kind):
     r0, r1 = ddp_results[kind]
     # loggers run on rank 0 only
@@ -68,8 +68,15 @@ def test_ranks_identical_and_equal_to_single_process(ddp_results, kind):
     # (b) the same as one process over the same global batches
     ref = run_case(kind, distributed=False)
     ref.pop("logged")
+    comm, ref_comm = r0.pop("comm", None), ref.pop("comm", None)
+    r1.pop("comm", None)
+    if comm is not None:  # DDP all-reduces once per optimizer step (one bucket for this model): none under no_sync
+        assert comm["steps"] == ref_comm["steps"] and comm["iterations"] == ref_comm["iterations"]
+        assert comm["allreduces"] == comm["steps"]
+        if "+accum" in kind:
+            assert comm["steps"] < comm["iterations"]
     _assert_same(r0, ref, exact=False)
-    if kind != "naive":  # the regulariser did something: a non-trivial state
+    if split_kind(kind)[0] != "naive":  # the regulariser did something: a non-trivial state
         flat = [v for v in _flatten(r0["plugin"]).values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
         assert any(v.abs().sum() > 0 for v in flat)
     acc = [v for k, v in r0["metrics"].items() if k.startswith("Top1_Acc_Stream/eval_phase")]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from .. import distributed as dist
 from .._checks import check_choice, check_int
 from ..evaluation import EvaluationPlugin, default_evaluator
 from .base import BaseTemplate
@@ -316,6 +317,8 @@ class SupervisedTemplate(BaseTemplate):
         if self._epoch_left is not None:
             self._epoch_left -= 1
         self._window_pos = 0 if self.step_this_iteration else self._window_pos + 1
+        if self.accumulate_grad_batches > 1:  # DDP/FSDP2: one gradient collective per step, not per minibatch
+            dist.set_gradient_sync(self.model, self.step_this_iteration)
 
     def training_iteration(self, mbatch: Any, **kwargs: Any) -> None:
         """One SGD step on ``mbatch``: the steps and hooks listed in the class docstring, in that order."""
