@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,9 +16,12 @@ from clfast import distributed as dist
 from clfast.evaluation import Accuracy, AccuracyMatrix, EvaluationPlugin, Loss
 from clfast.sharding import shard_model
 from clfast.strategies import Naive
+from clfast.training.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 
 #: The plugins FSDP2 runs (``docs/distributed.md``, "FSDP2"); CWR* and AR1 are not among them.
 FSDP_CASES = ["naive", "mas", "ewc", "ewc_online", "si", "rwalk", "rwalk_pass", "si+accum2", "rwalk+accum2"]
+#: Sharded checkpoints: saved after the first experience, restored into a new strategy (``run_resume_case``).
+RESUME_CASES = ["si+resume", "rwalk+resume"]
 
 
 class LossLog:
@@ -67,7 +73,46 @@ def run_fsdp_case(kind: str, sharded: bool) -> dict[str, Any]:
             "matrix": evaluator.accuracy_matrix("test")}
 
 
+def _sharded_strategy(kind: str) -> tuple[Any, Any]:
+    model = shard_model(make_model())
+    plugin = CASES[kind](model)
+    strategy = Naive(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train_mb_size=B,
+                     train_epochs=EPOCHS, plugins=[plugin], evaluator=EvaluationPlugin())
+    return strategy, plugin
+
+
+def _whole_run(strategy: Any, plugin: Any) -> dict[str, Any]:
+    st = plugin._table.state
+    return {"params": {n: p.full_tensor().detach().clone() for n, p in strategy.model.named_parameters()},
+            "state": {k: {n: _whole(v) for n, v in st.views(k).items()} for k in st.kinds}}
+
+
+def run_resume_case(kind: str) -> dict[str, Any]:
+    """``"si+resume"``: train experience 0, save a sharded checkpoint, train experience 1; then a new strategy
+    restores the checkpoint and trains experience 1 again. Returns both ends (whole tensors) and the files."""
+    base = kind.removesuffix("+resume")
+    directory = Path(dist.broadcast_object(tempfile.mkdtemp(prefix="clfast-fsdp-ckpt-")))
+    train, _ = streams()
+    strategy, plugin = _sharded_strategy(base)
+    strategy.train(train[0])
+    save_sharded_checkpoint(strategy, directory, extra={"position": 1})
+    save_sharded_checkpoint(strategy, directory, extra={"position": 1})  # a second one replaces the first
+    strategy.train(train[1])
+    straight = _whole_run(strategy, plugin)
+    strategy, plugin = _sharded_strategy(base)
+    extra = load_sharded_checkpoint(strategy, directory)
+    strategy.train(train[1])
+    resumed = _whole_run(strategy, plugin)
+    files = sorted(str(p.relative_to(directory)) for p in directory.iterdir())
+    dist.barrier()
+    if dist.is_main_process():
+        shutil.rmtree(directory)
+    return {"straight": straight, "resumed": resumed, "extra": extra, "files": files}
+
+
 def _run_sharded_case(kind: str) -> dict[str, Any]:
+    if kind.endswith("+resume"):
+        return run_resume_case(kind)
     return run_fsdp_case(kind, sharded=True)
 
 

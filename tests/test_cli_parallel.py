@@ -61,7 +61,28 @@ def test_fsdp_two_ranks_train_like_one_rank_at_twice_the_batch(tmp_path):
     assert a["accuracy_matrix"][1][1] > 0.5
 
 
-@pytest.mark.parametrize("extra", [["--strategy", "ar1"], ["--precision", "16-mixed"], ["--checkpoint-dir", "ck"]])
+@pytest.mark.slow
+def test_fsdp_checkpoints_are_sharded_and_resume(tmp_path):
+    """``--parallel fsdp --checkpoint-dir``: every rank writes its shards (DCP) and its own file; ``--resume`` reads
+    them back, checks the configuration and reports the same model."""
+    args = ["--mb-size", "16", "--parallel", "fsdp", "--checkpoint-dir", str(tmp_path / "ck")]
+    first = _torchrun(2, tmp_path / "a", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    names = {p.name for p in (tmp_path / "ck").iterdir()}
+    assert "sharded.pt" in names and len(names) == 2  # the marker and the last experience's checkpoint
+    (ckpt,) = [p for p in (tmp_path / "ck").iterdir() if p.is_dir()]
+    assert {p.name for p in ckpt.iterdir()} == {"sharded", "rank0.pt", "rank1.pt"}
+    again = _torchrun(2, tmp_path / "b", *args, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming after 2 experience(s)" in again.stdout
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert a["model_sha256"] == b["model_sha256"] and a["accuracy_matrix"] == b["accuracy_matrix"]
+    other = _torchrun(2, tmp_path / "c", *args, "--resume", "--lr", "0.01")
+    assert other.returncode != 0 and "checkpoint of another run" in other.stderr  # (torchrun exits 1)
+
+
+@pytest.mark.parametrize("extra", [["--strategy", "ar1"], ["--precision", "16-mixed"]])
 def test_fsdp_refusals_are_usage_errors(extra, capsys):
     args = [a for a in ARGS if a not in ("--strategy", "mas")]
     with pytest.raises(SystemExit) as err:

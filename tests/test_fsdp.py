@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from _ddp_worker import spawn_cases
-from _fsdp_worker import FSDP_CASES, run_fsdp_case, worker
+from _fsdp_worker import FSDP_CASES, RESUME_CASES, run_fsdp_case, worker
 
 pytestmark = [
     pytest.mark.slow,
@@ -26,7 +26,7 @@ TOL = {"rtol": 1e-4, "atol": 1e-6}
 
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    return spawn_cases(worker, tmp_path_factory.mktemp("fsdp"), FSDP_CASES)
+    return spawn_cases(worker, tmp_path_factory.mktemp("fsdp"), [*FSDP_CASES, *RESUME_CASES])
 
 
 @pytest.mark.parametrize("kind", FSDP_CASES)
@@ -51,3 +51,20 @@ def test_sharded_run_equals_single_process(fsdp_results, kind):
         # the plugin state per rank: a shard of every parameter (dim 0 split in 2; the 4 output rows evenly)
         assert r0["numel"] + r1["numel"] == ref["numel"]
         assert max(r0["numel"], r1["numel"]) <= 0.55 * ref["numel"]
+
+
+@pytest.mark.parametrize("kind", RESUME_CASES)
+def test_sharded_checkpoint_resumes_bit_identically(fsdp_results, kind):
+    """Saved through torch.distributed.checkpoint after the first experience and restored into a new sharded
+    strategy, the second experience ends where the uninterrupted run does, bit for bit, on both ranks."""
+    for r in fsdp_results[kind]:
+        assert r["extra"] == {"position": 1}
+        assert len(r["files"]) == 2 and "sharded.pt" in r["files"]  # the marker and one checkpoint: the first went
+        for part in ("params", "state"):
+            flat_a = {(k, n): v for k, d in r["straight"][part].items() for n, v in
+                      (d.items() if isinstance(d, dict) else [("", d)])}
+            flat_b = {(k, n): v for k, d in r["resumed"][part].items() for n, v in
+                      (d.items() if isinstance(d, dict) else [("", d)])}
+            assert flat_a.keys() == flat_b.keys()
+            for key, v in flat_a.items():
+                assert torch.equal(v, flat_b[key]), (part, key)

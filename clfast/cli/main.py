@@ -130,7 +130,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="ddp: data parallel over the processes torchrun starts (torchrun --nproc-per-node N -m "
                         "clfast train ... --parallel ddp; gloo on the CPU, NCCL on CUDA; --mb-size per process); "
                         "fsdp: the same with the model sharded by FSDP2 (fully_shard) and the plugin state kept "
-                        "over each rank's shards (not with ar1, 16-mixed or --checkpoint-dir) (default %(default)s)")
+                        "over each rank's shards, checkpoints sharded too (not with ar1 or 16-mixed) "
+                        "(default %(default)s)")
     p.add_argument("--device", type=device_arg, default=DEFAULTS["device"],
                    help="cpu, cuda, cuda:1, ... (default %(default)s)")
     p.add_argument("--threads", type=_NON_NEGATIVE, default=DEFAULTS["threads"],

@@ -4,7 +4,9 @@ every N iterations inside one), and resuming from it.
 The checkpoint (``DIR/checkpoint.pt``, written atomically by :func:`clfast.training.checkpoint.save_checkpoint`)
 holds the strategy's complete state, the position in the stream, the timings so far and the run's
 configuration. ``--resume`` refuses a checkpoint written with another configuration (other than output and
-display options), so a resumed run continues exactly the run that was interrupted.
+display options), so a resumed run continues exactly the run that was interrupted. Under ``--parallel fsdp`` every
+rank writes its shards (:mod:`clfast.training.sharded_checkpoint`: ``DIR/sharded.pt`` names the complete one), and
+a resumed run needs as many ranks.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .. import distributed as dist
+from ..sharding import is_sharded_model
 from ..training import checkpoint as ck
+from ..training import sharded_checkpoint as sharded
 from .errors import CLIError
 from .report import json_safe
 
@@ -41,6 +46,12 @@ def load_for_resume(args: argparse.Namespace, strategy: Any) -> tuple[int, dict[
 
 def _load(args: argparse.Namespace, strategy: Any) -> tuple[int, dict[str, Any]]:
     directory = Path(args.checkpoint_dir)
+    if is_sharded_model(strategy.model):
+        cli = sharded.load_sharded_checkpoint(strategy, directory)
+        if cli is None:
+            return 0, {}
+        _check_config(args, cli, directory)
+        return int(cli["position"]), cli
     path = directory / CHECKPOINT_NAME
     for stale in directory.glob(f".{CHECKPOINT_NAME}.tmp-*"):
         stale.unlink(missing_ok=True)  # left by a process killed while writing
@@ -50,20 +61,29 @@ def _load(args: argparse.Namespace, strategy: Any) -> tuple[int, dict[str, Any]]
     cli = saved.get("cli")
     if not isinstance(cli, dict):
         raise ValueError(f"{path} was not written by `clfast train`")
-    mine = run_config(args)
-    diff = {k: (cli["config"].get(k), v) for k, v in mine.items() if cli["config"].get(k) != v}
-    if diff:
-        raise ValueError(f"{path} is a checkpoint of another run; options that differ (saved, now): {diff}")
+    _check_config(args, cli, path)
     ck.load_strategy_state_dict(strategy, saved["state"])
     return int(cli["position"]), cli
 
 
+def _check_config(args: argparse.Namespace, cli: dict[str, Any], where: Path) -> None:
+    mine = run_config(args)
+    diff = {k: (cli["config"].get(k), v) for k, v in mine.items() if cli["config"].get(k) != v}
+    if diff:
+        raise ValueError(f"{where} is a checkpoint of another run; options that differ (saved, now): {diff}")
+
+
 def save_after_experience(args: argparse.Namespace, strategy: Any, position: int, extra: dict[str, Any],
-                          in_experience: dict[str, Any] | None = None) -> Path:
+                          in_experience: dict[str, Any] | None = None) -> Path | None:
     """Write the checkpoint for ``position`` experiences done (atomically); returns its path. With
     ``in_experience`` (``--checkpoint-every``), a checkpoint inside experience ``position``, where training
-    resumes (:mod:`clfast.training.in_experience`)."""
-    obj = {"cli": {"config": run_config(args), "position": position, **extra},
-           "state": ck.strategy_state_dict(strategy, in_experience=in_experience)}
+    resumes (:mod:`clfast.training.in_experience`). Every rank calls this: rank 0 writes, or under FSDP2 each rank
+    its shards (None on the other ranks)."""
+    cli = {"config": run_config(args), "position": position, **extra}
+    if is_sharded_model(strategy.model):
+        return sharded.save_sharded_checkpoint(strategy, args.checkpoint_dir, extra=cli, in_experience=in_experience)
+    if not dist.is_main_process():
+        return None
+    obj = {"cli": cli, "state": ck.strategy_state_dict(strategy, in_experience=in_experience)}
     # Through the module attribute, so that the resume tests can interpose on the write (tests/_kill_entry.py).
     return ck.save_checkpoint(obj, Path(args.checkpoint_dir) / CHECKPOINT_NAME)

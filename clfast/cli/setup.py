@@ -102,8 +102,7 @@ def resolve_options(args: argparse.Namespace) -> None:
         raise CLIError("--resume needs --checkpoint-dir")
     if getattr(args, "parallel", "none") == "fsdp":
         refused = [f"--strategy {args.strategy}" if ar1 else None,
-                   "--precision 16-mixed" if args.precision == "16-mixed" else None,
-                   "--checkpoint-dir" if args.checkpoint_dir is not None else None]
+                   "--precision 16-mixed" if args.precision == "16-mixed" else None]
         if any(refused):
             raise CLIError(f"--parallel fsdp does not take {', '.join(r for r in refused if r)} (docs/distributed.md, "
                            "\"FSDP2\")", usage=True)

@@ -100,7 +100,7 @@ def _train_stream(args: argparse.Namespace, run: Run, start: int, resumed: dict[
                               f"Exp{exp.current_experience:03d}", math.nan)
             print(f"  exp {exp.current_experience} classes {list(exp.classes_in_this_experience)}: "
                   f"trained in {train_exp_s[-1]:.2f} s, test accuracy on it {100 * acc:.1f}%")
-        if args.checkpoint_dir is not None and dist.is_main_process():
+        if args.checkpoint_dir is not None:  # rank 0 writes, or under FSDP2 every rank its shards
             resume.save_after_experience(args, run.strategy, position + 1,
                                          {"train_exp_s": train_exp_s, "eval_s": eval_s})
     return {"train_per_experience_s": train_exp_s, "eval_s": eval_s}
@@ -108,5 +108,4 @@ def _train_stream(args: argparse.Namespace, run: Run, start: int, resumed: dict[
 
 def _save_inside(args: argparse.Namespace, position: int, extra: dict[str, Any], strategy: Any,
                  in_experience: dict[str, Any]) -> None:
-    if dist.is_main_process():
-        resume.save_after_experience(args, strategy, position, extra, in_experience=in_experience)
+    resume.save_after_experience(args, strategy, position, extra, in_experience=in_experience)
