@@ -87,6 +87,24 @@ def _whole_run(strategy: Any, plugin: Any) -> dict[str, Any]:
             "state": {k: {n: _whole(v) for n, v in st.views(k).items()} for k in st.kinds}}
 
 
+def run_refusal_case(kind: str) -> dict[str, Any]:
+    """``"refusals"``: what FSDP2 does not take, each a ValueError naming it."""
+    model = shard_model(make_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    out = {}
+    try:
+        Naive(model, opt, precision="16-mixed", evaluator=EvaluationPlugin())
+    except ValueError as err:
+        out["16-mixed"] = str(err)
+    strategy = Naive(model, opt, train_mb_size=B, plugins=[CASES["ewc"](model)], evaluator=EvaluationPlugin())
+    strategy.plugins[0].fisher = "sample"
+    try:
+        strategy.train(streams()[0][0])
+    except ValueError as err:
+        out["fisher=sample"] = str(err)
+    return out
+
+
 def run_resume_case(kind: str) -> dict[str, Any]:
     """``"si+resume"``: train experience 0, save a sharded checkpoint, train experience 1; then a new strategy
     restores the checkpoint and trains experience 1 again. Returns both ends (whole tensors) and the files."""
@@ -113,6 +131,8 @@ def run_resume_case(kind: str) -> dict[str, Any]:
 def _run_sharded_case(kind: str) -> dict[str, Any]:
     if kind.endswith("+resume"):
         return run_resume_case(kind)
+    if kind == "refusals":
+        return run_refusal_case(kind)
     return run_fsdp_case(kind, sharded=True)
 
 

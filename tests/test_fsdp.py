@@ -26,7 +26,7 @@ TOL = {"rtol": 1e-4, "atol": 1e-6}
 
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    return spawn_cases(worker, tmp_path_factory.mktemp("fsdp"), [*FSDP_CASES, *RESUME_CASES])
+    return spawn_cases(worker, tmp_path_factory.mktemp("fsdp"), [*FSDP_CASES, *RESUME_CASES, "refusals"])
 
 
 @pytest.mark.parametrize("kind", FSDP_CASES)
@@ -68,3 +68,9 @@ def test_sharded_checkpoint_resumes_bit_identically(fsdp_results, kind):
             assert flat_a.keys() == flat_b.keys()
             for key, v in flat_a.items():
                 assert torch.equal(v, flat_b[key]), (part, key)
+
+
+def test_what_fsdp2_does_not_take_is_a_clear_error(fsdp_results):
+    for r in fsdp_results["refusals"]:
+        assert "'16-mixed' is not supported with an FSDP2 model" in r["16-mixed"]
+        assert "fisher='sample') does not run under FSDP2" in r["fisher=sample"]

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .. import distributed as dist
 from .._checks import check_choice, check_int
 from ..evaluation import EvaluationPlugin, default_evaluator
+from ..sharding import is_sharded_model
 from .base import BaseTemplate
 from .clock import Clock
 from .in_experience import InExperienceCheckpoints, file_writer
@@ -122,6 +123,9 @@ class SupervisedTemplate(BaseTemplate):
         self.retain_graph = False
         #: Autocast and loss scaling (``precision``); plugins read it through ``clfast.training.precision``.
         self.amp = precision if isinstance(precision, Precision) else Precision(precision, self.device)
+        if self.amp.scaler is not None and is_sharded_model(model):
+            raise ValueError("precision '16-mixed' is not supported with an FSDP2 model (its scaler does not unscale "
+                             "sharded gradients); use 'bf16-mixed'")
         #: Whether the current training iteration ends with an optimizer step (False on the first k-1
         #: minibatches of an accumulation window).
         self.step_this_iteration = True
