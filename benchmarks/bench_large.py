@@ -5,8 +5,8 @@ Each configuration (W, precision) starts W processes (gloo on the CPU, NCCL with
 rank). Every rank builds the same MLP (``--width`` hidden units, ``--layers`` hidden layers, 3072 inputs, 10
 outputs) from seed 0, shards it with :func:`clfast.sharding.shard_model` and trains it with Naive alone and with
 MAS, EWC (online), SI and RWalk (``clfast.plugins.PLUGINS``, their command-line strengths) on a synthetic
-two-experience stream (random tensors, nothing downloaded). The first experience (``--first`` iterations per rank)
-makes the plugin state; the iterations of the second are timed, from fetching the minibatch to the end of
+two-experience stream (standard-normal inputs, nothing downloaded). The first experience (``--first`` iterations
+per rank) makes the plugin state; the iterations of the second are timed, from fetching the minibatch to the end of
 ``after_training_iteration`` (all hooks, forward, backward, step; CUDA synchronised). The contenders take turns
 one experience at a time for ``--rounds`` rounds; per contender the median over rounds of the round's median
 iteration time is reported (and the spread of the round medians), with its ratio over Naive's of the same
@@ -41,7 +41,7 @@ from clfast.plugins import PLUGINS
 from clfast.sharding import shard_model
 from clfast.strategies import Naive
 from clfast.testing.bench import device_name, sync
-from clfast.testing.fakes import make_stream
+from clfast.testing.fakes import Experience, Stream, TensorExperienceDataset
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("naive", *PLUGINS)
@@ -75,10 +75,15 @@ class IterationTimer:
         self.times.append(time.perf_counter() - self._t0)
 
 
-def _stream(n_per_exp: int, seed: int) -> Any:
-    stream = make_stream("train", n_experiences=2, n_per_exp=n_per_exp, n_features=IN_FEATURES, classes_per_exp=5,
-                         seed=seed)
-    return stream
+def _experience(index: int, n: int, seed: int) -> Experience:
+    """Experience ``index`` of a class-incremental stream: ``n`` standard-normal inputs, labels cycling through
+    classes 5·index ... 5·index + 4 (unit-scale inputs keep SGD stable on the wide first layer)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, IN_FEATURES, generator=g)
+    y = torch.arange(n) % 5 + 5 * index
+    stream = Stream("train")
+    stream.append(Experience(TensorExperienceDataset(x, y, torch.zeros(n)), index, stream))
+    return stream[0]
 
 
 def _build(name: str, args: argparse.Namespace, device: torch.device, precision: str) -> tuple[Naive, Any]:
@@ -103,8 +108,8 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, precis
     torch.distributed.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     try:
         # per rank: --first iterations in the first experience, --timed in the second
-        first = _stream(args.first * args.batch * world, seed=1)[0]
-        second = _stream(args.timed * args.batch * world, seed=2)[1]
+        first = _experience(0, args.first * args.batch * world, seed=1)
+        second = _experience(1, args.timed * args.batch * world, seed=2)
         per_round: dict[str, list[float]] = {n: [] for n in CONTENDERS}
         state_bytes: dict[str, int] = {}
         for _ in range(args.rounds):

@@ -22,6 +22,7 @@ import torch
 from ..evaluation.plot import plot_method_bars
 from ..plugins.per_sample import SAMPLE_LABELS
 from .argtypes import comma_list, device_arg, int_arg, output_dir, strength_pairs
+from .baselines import add_baselines_parser, run_baselines
 from .protocol import (
     ACTIVE_CLASSES,
     BENCHMARKS,
@@ -45,7 +46,7 @@ BENCHMARK_NAMES = {"split-mnist": "Split-MNIST", "split-digits": "Split-Digits"}
 
 
 def add_reproduce_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``clfast reproduce three-scenarios [options]``."""
+    """``clfast reproduce three-scenarios|avalanche-baselines [options]``."""
     p = sub.add_parser("reproduce", help="reproduce a published comparison under its protocol")
     which = p.add_subparsers(dest="study", required=True)
     q = which.add_parser("three-scenarios", help="van de Ven & Tolias (2019), Split-MNIST in the three settings",
@@ -83,6 +84,7 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
                                                              "%(default)s)")
     q.add_argument("--out", type=Path, default=None, help="directory for results.json and runs.json")
     q.add_argument("--plot", action="store_true", help="also write results.png (into --out, default .)")
+    add_baselines_parser(which)
     return q
 
 
@@ -93,7 +95,10 @@ def _setting(name: str) -> str:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    """Runs ``clfast reproduce three-scenarios``; the torch thread count is restored on return."""
+    """Runs ``clfast reproduce three-scenarios`` (or ``avalanche-baselines``: :mod:`clfast.cli.baselines`); the torch
+    thread count is restored on return."""
+    if args.study == "avalanche-baselines":
+        return run_baselines(args)
     settings = comma_list(args.settings, _setting, "settings")
     methods = comma_list(args.methods, check_method, "methods")
     defaults = HPARAM_DEFAULTS[args.hparams]
