@@ -85,6 +85,7 @@ def test_no_batch_changes_nothing():
 # ------------------------------------------------------------------------------------------- AR1 from scratch
 
 SIZE, CLASSES = 32, 4
+STRENGTH = 2.0  # of the class patterns against the unit noise: learnt in 24 steps whatever the rounding
 
 
 def _stream(n_exp: int, n: int, seed: int) -> Stream:
@@ -94,7 +95,7 @@ def _stream(n_exp: int, n: int, seed: int) -> Stream:
     stream = Stream("train")
     for e in range(n_exp):
         y = torch.arange(n) % CLASSES + e * CLASSES
-        x = torch.randn(n, 3, SIZE, SIZE, generator=g) + protos[y]
+        x = torch.randn(n, 3, SIZE, SIZE, generator=g) + STRENGTH * protos[y]
         stream.append(Experience(TensorExperienceDataset(x, y, torch.zeros(n)), e, stream))
     return stream
 
@@ -117,19 +118,22 @@ def _ar1(recompute: bool | None) -> AR1:
                inc_lr=0.005, lat_train_mode_first_exp=True, recompute_brn_stats=recompute)
 
 
-def test_eval_mode_answers_as_batch_statistics_after_a_short_first_experience():
-    torch.manual_seed(0)
-    stream = _stream(n_exp=2, n=96, seed=0)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_eval_mode_answers_as_batch_statistics_after_a_short_first_experience(seed):
+    # Several seeds: 24 steps from a random initialisation are chaotic, so one seed's accuracy moves with the CPU's
+    # rounding (one machine gave 0.47 where another gave 0.65 with the patterns at strength 1).
+    torch.manual_seed(seed)
+    stream = _stream(n_exp=2, n=96, seed=seed)
     x, y = stream[0].dataset.x, stream[0].dataset.targets
     s = _ar1(None)  # None: on with lat_train_mode_first_exp
     s.train(stream[0])
     batch_acc, eval_acc = _accuracy(s.model, x, y, True), _accuracy(s.model, x, y, False)
-    assert batch_acc > 0.6  # it learnt (chance: 0.25)
+    assert batch_acc > 0.5  # it learnt (chance: 0.25)
     assert abs(eval_acc - batch_acc) <= 0.1
     assert len(set(s.model(x).argmax(1).tolist())) == CLASSES  # not one class for every input
 
     # Without the re-estimation the running statistics are ~25 iterations of momentum 0.01 away from the init.
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     off = _ar1(False)
     off.train(stream[0])
     assert _accuracy(off.model, x, y, False) < batch_acc - 0.3
