@@ -128,11 +128,34 @@ def _penalised_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], i
     return out, lam * value
 
 
+def _step_path(params: Sequence[Tensor], new_params: Sequence[Tensor], grads: Sequence[Tensor | None],
+               penalised: Sequence[Tensor | None], path_acc: Tensor | None, path_prev: Tensor | None,
+               path_penalised: bool) -> tuple[Tensor | None, Tensor | None]:
+    """The path integral of a step: acc − g⊙(θ_new − θ_old) for each param with a grad (g the given grad, or with
+    ``path_penalised`` the penalised one) and θ_prev = θ_new as stored (in the param's dtype); (None, None)
+    without."""
+    if path_acc is None:
+        return None, None
+    accs, prevs = [], []
+    for p, new, g, gp, a, prev in zip(params, new_params, grads, penalised, _slices(params, path_acc),
+                                      _slices(params, path_prev), strict=True):
+        if g is None:
+            accs.append(a)
+            prevs.append(prev)
+            continue
+        stored = new.to(p.dtype).to(D)
+        accs.append(a - (gp if path_penalised else g.to(D)) * (stored - p.detach().to(D)))
+        prevs.append(stored)
+    return _cat(accs, path_acc), _cat(prevs, path_prev)
+
+
 def sgd_step(params: Sequence[Tensor], grads: Sequence[Tensor | None], momentum_buffer: Tensor | None,
              importance: Tensor | None, anchor: Tensor | None, lr: float, momentum: float, dampening: float,
-             weight_decay: float, nesterov: bool, maximize: bool, first: bool, lam: float
-             ) -> tuple[list[Tensor], Tensor | None, Tensor]:
-    """torch.optim.SGD's update of each param with a grad (the penalty inside): new params, momentum buffer, value."""
+             weight_decay: float, nesterov: bool, maximize: bool, first: bool, lam: float,
+             path_acc: Tensor | None = None, path_prev: Tensor | None = None, path_penalised: bool = False
+             ) -> tuple[list[Tensor], Tensor | None, Tensor | None, Tensor | None, Tensor]:
+    """torch.optim.SGD's update of each param with a grad (the penalty and the path integral inside): new params,
+    momentum buffer, path accumulator, θ_prev, value."""
     gs, value = _penalised_grads(params, grads, importance, anchor, lam)
     bufs = _slices(params, momentum_buffer) if momentum_buffer is not None else [None] * len(params)
     new_params, new_bufs = [], []
@@ -150,15 +173,17 @@ def sgd_step(params: Sequence[Tensor], grads: Sequence[Tensor | None], momentum_
         new_params.append(theta - lr * g)
         new_bufs.append(b)
     buf = _cat(new_bufs, momentum_buffer) if momentum_buffer is not None else None
-    return new_params, buf, value
+    acc, prev = _step_path(params, new_params, grads, gs, path_acc, path_prev, path_penalised)
+    return new_params, buf, acc, prev, value
 
 
 def adam_step(params: Sequence[Tensor], grads: Sequence[Tensor | None], exp_avg: Tensor, exp_avg_sq: Tensor,
               importance: Tensor | None, anchor: Tensor | None, lr: float, beta1: float, beta2: float, eps: float,
-              weight_decay: float, decoupled: bool, maximize: bool, step: int, lam: float
-              ) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
-    """torch.optim.Adam's (AdamW's when decoupled) update of each param with a grad, the penalty inside: new
-    params, m, v, value."""
+              weight_decay: float, decoupled: bool, maximize: bool, step: int, lam: float,
+              path_acc: Tensor | None = None, path_prev: Tensor | None = None, path_penalised: bool = False
+              ) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
+    """torch.optim.Adam's (AdamW's when decoupled) update of each param with a grad, the penalty and the path
+    integral inside: new params, m, v, path accumulator, θ_prev, value."""
     gs, value = _penalised_grads(params, grads, importance, anchor, lam)
     new_params, ms, vs = [], [], []
     for p, g, m, v in zip(params, gs, _slices(params, exp_avg), _slices(params, exp_avg_sq), strict=True):
@@ -176,7 +201,8 @@ def adam_step(params: Sequence[Tensor], grads: Sequence[Tensor | None], exp_avg:
         new_params.append(theta)
         ms.append(m)
         vs.append(v)
-    return new_params, _cat(ms, exp_avg), _cat(vs, exp_avg_sq), value
+    acc, prev = _step_path(params, new_params, grads, gs, path_acc, path_prev, path_penalised)
+    return new_params, _cat(ms, exp_avg), _cat(vs, exp_avg_sq), acc, prev, value
 
 
 def state_max(state: Tensor) -> Tensor:

@@ -44,17 +44,21 @@ TORCH_LIBRARY(clfast, m) {
   // Optimizer steps (kernels in csrc/state_ops/): torch.optim's update of every param with a grad (None grads are
   // skipped), in one multi-tensor pass. With importance and anchor, the gradient is first grad + 2 lam Omega
   // (theta - theta*); the result is lam * sum Omega (theta - theta*)^2 at the params before the step (0 without).
+  // With path_acc and path_prev, last: path_acc -= g (theta_new - theta_old), path_prev = theta_new, g the grad
+  // (RWalk's task gradient) or, with path_penalised, the gradient with the penalty's (SI's .grad).
   m.set_python_module("clfast.ops.optim");
   // SGD. momentum_buffer exactly when momentum != 0; first: the buffer is set to the gradient (torch's first step).
   m.def(
       "sgd_step_(Tensor(a!)[] params, Tensor?[] grads, Tensor(b!)? momentum_buffer, Tensor? importance, "
       "Tensor? anchor, float lr, float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
-      "bool first, float lam) -> Tensor");
+      "bool first, float lam, Tensor(c!)? path_acc=None, Tensor(d!)? path_prev=None, bool path_penalised=False) "
+      "-> Tensor");
   // Adam (decoupled: AdamW's weight decay). step: the step count after this step (bias corrections), >= 1.
   m.def(
       "adam_step_(Tensor(a!)[] params, Tensor?[] grads, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
       "Tensor? importance, Tensor? anchor, float lr, float beta1, float beta2, float eps, float weight_decay, "
-      "bool decoupled, bool maximize, int step, float lam) -> Tensor");
+      "bool decoupled, bool maximize, int step, float lam, Tensor(d!)? path_acc=None, Tensor(e!)? path_prev=None, "
+      "bool path_penalised=False) -> Tensor");
   // One bool per tensor: does it hold a NaN or an infinity? (kernels in csrc/state_ops/)
   m.set_python_module("clfast.ops.finite");
   m.def("nonfinite_flags(Tensor[] tensors) -> Tensor");

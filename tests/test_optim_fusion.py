@@ -21,8 +21,8 @@ STRENGTH = {"mas": 2.0, "rwalk": 2.0, "si": 10.0, "ewc": 5.0}
 CONFIGS = {"mas": {}, "ewc": {}, "ewc_online": {"mode": "online", "decay_factor": 0.5}, "rwalk": {"delta_t": 2},
            "si": {}}
 #: SI's state and loss divide by (θ−θ*)² + ξ, which amplifies the float rounding by which any two SGD/Adam
-#: implementations differ (clfast.optim's ≤ 1e-6 after 100 steps, test_optim.py); SI is not fused, so this is that
-#: rounding, not the fusion. The model itself is held to 1e-5 for every plugin.
+#: implementations differ (clfast.optim's ≤ 1e-6 after 100 steps, test_optim.py). The model itself is held to 1e-5
+#: for every plugin.
 STATE_RTOL = {"si": 1e-4}
 OPTIMIZERS = {"sgd": (torch.optim.SGD, co.SGD, dict(lr=0.05, momentum=0.9)),
               "adam": (torch.optim.Adam, co.Adam, dict(lr=1e-2))}
@@ -43,16 +43,22 @@ def _run(model, plugins, opt_cls, opt_kw, groups=None):
 
 
 class GradWriteCounter:
-    """Counts the unfused penalty-gradient passes (quad_penalty_grad_) while installed."""
+    """Counts the unfused penalty-gradient passes (quad_penalty_grad_, ``calls``) and path-integral updates
+    (path_integral_update_, ``path_calls``) while installed."""
 
     def __init__(self, monkeypatch):
-        self.calls = 0
-        original = ops.quad_penalty_grad_
+        self.calls = self.path_calls = 0
+        original, original_path = ops.quad_penalty_grad_, ops.path_integral_update_
 
         def counted(*args, **kwargs):
             self.calls += 1
             return original(*args, **kwargs)
-        monkeypatch.setattr("clfast.plugins.base.ops.quad_penalty_grad_", counted)
+
+        def counted_path(*args, **kwargs):
+            self.path_calls += 1
+            return original_path(*args, **kwargs)
+        monkeypatch.setattr("clfast.ops.quad_penalty_grad_", counted)
+        monkeypatch.setattr("clfast.ops.path_integral_update_", counted_path)
 
 
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
@@ -75,8 +81,31 @@ def test_a_fused_run_is_the_torch_optim_run(name, opt, monkeypatch):
     for kind, ref_buffer in buffers_ref.items():
         scale = ref_buffer.abs().max().clamp_min(1e-30)
         assert ((buffers[kind] - ref_buffer).abs().max() / scale).item() <= rtol, kind
-    # SI keeps the penalty out of the step (its path integral reads .grad with the penalty in it); the others fuse.
-    assert (counter.calls > 0) == (name == "si")
+    # Every penalty goes into the step, and SI's path integral with it (RWalk's stays its own pass).
+    assert counter.calls == 0
+    if name in ("si", "rwalk"):
+        assert (counter.path_calls == 0) == (name == "si")
+
+
+@pytest.mark.parametrize("order", ["mas_first", "si_first"])
+def test_si_with_another_penalty_in_the_step_integrates_the_whole_gradient(order, monkeypatch):
+    """Whichever penalty takes the step's slot, SI's ω is the path integral of the whole gradient (task + both
+    penalties), as with torch.optim, where both gradients are in .grad when ω is updated."""
+    def plugins():
+        pair = [_plugin("mas"), _plugin("si")]
+        return pair if order == "mas_first" else pair[::-1]
+    model = seeded(mlp)
+    ref_plugins, our_plugins = plugins(), plugins()
+    ref = _run(copy.deepcopy(model), ref_plugins, torch.optim.SGD, dict(lr=0.05, momentum=0.9))
+    counter = GradWriteCounter(monkeypatch)
+    ours = _run(model, our_plugins, co.SGD, dict(lr=0.05, momentum=0.9))
+    assert counter.calls > 0 and counter.path_calls == 0  # one penalty in .grad, the path integral in the step
+    assert max_relative_difference(ref.model, ours.model) <= 1e-5
+    si_ref, si = (next(p for p in ps if p.STATE_NAME == "SynapticIntelligencePlugin") for ps in (ref_plugins,
+                                                                                                   our_plugins))
+    for kind in ("omega", "cum", "importance"):
+        a, b = si.state_dict()["state"]["buffers"][kind], si_ref.state_dict()["state"]["buffers"][kind]
+        assert ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() <= STATE_RTOL["si"], kind
 
 
 def test_two_groups_or_two_penalties_fall_back_and_still_match(monkeypatch):
@@ -114,3 +143,26 @@ def test_a_step_that_does_not_run_drops_the_penalty_and_reports_its_value():
     params[0].grad = None
     assert not opt.take_penalty(params, omega, anchor, 0.5)  # a missing gradient: the caller applies it
     assert not opt.take_penalty(params[::-1], omega, anchor, 0.5)  # not the group's order
+
+
+def test_si_fused_refuses_to_consolidate_a_path_integral_with_nan():
+    """The fused step checks nothing per iteration; a NaN/inf gradient stays in ω, and the experience's end refuses
+    it before Ω, cum and θ* change."""
+    from clfast.plugins import SynapticIntelligencePlugin
+    from clfast.scenarios import tensors_benchmark
+
+    torch.manual_seed(0)
+    model = mlp()
+    plugin = SynapticIntelligencePlugin(0.1)
+    strategy = Naive(model, co.SGD(model.parameters(), lr=0.05, momentum=0.9), train_mb_size=8, train_epochs=1,
+                     plugins=[plugin], evaluator=EvaluationPlugin())
+    train_stream(strategy, stream(1))
+    saved = {k: plugin._table[k].clone() for k in ("importance", "anchor", "cum")}
+    first = stream(1)[0]
+    x, y = first.dataset.x.clone(), first.dataset.targets.clone()
+    x[5].view(-1)[0] = float("nan")
+    bad = tensors_benchmark([(x, y)], [(x, y)], task_labels=[0])
+    with pytest.raises(ValueError, match=r"omega.*NaN or inf"):  # ω named, before θ is even looked at
+        strategy.train(bad.train_stream[0])
+    assert all(torch.equal(saved[k], plugin._table[k]) for k in saved)
+    assert not torch.isfinite(plugin._table["omega"]).all()  # the fused steps wrote it: that is what was refused

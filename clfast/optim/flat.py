@@ -35,6 +35,10 @@ class FlatStepOptimizer(torch.optim.Optimizer):
         self._penalty: tuple[int, Tensor, Tensor, float] | None = None
         #: λ·Σ Ω⊙(θ−θ*)² at the parameters before the last step that took a penalty (0-dim, detached).
         self.penalty_value: Tensor | None = None
+        # The path integral taken into the next step: (group index, acc, θ_prev, penalised), or None.
+        self._path: tuple[int, Tensor, Tensor, bool] | None = None
+        # Whether the last step since take_path_integral ran it.
+        self._path_done = False
 
     # -- a penalty inside the step ------------------------------------------------------------------------------------
     def take_penalty(self, params: list[Tensor], importance: Tensor, anchor: Tensor, lam: float) -> bool:
@@ -47,14 +51,43 @@ class FlatStepOptimizer(torch.optim.Optimizer):
         False, and the caller applies the penalty itself (``docs/optim.md``)."""
         if self._penalty is not None:
             return False
-        index = next((i for i, group in enumerate(self.param_groups) if len(group["params"]) == len(params)
-                      and all(a is b for a, b in zip(group["params"], params, strict=True))), None)
+        index = self._group_taking(params, importance)
         if index is None:
-            return False
-        if any(p.grad is None for p in params) or importance.dtype != self._state_dtype(params):
             return False
         self._penalty = (index, importance, anchor, float(lam))
         return True
+
+    def take_path_integral(self, params: list[Tensor], acc: Tensor, prev: Tensor, *, penalised: bool) -> bool:
+        """Take the path integral of SI and RWalk into the next :meth:`step`: ``acc −= g⊙(θ_new − θ_old)`` and
+        ``prev ← θ_new`` inside the fused pass, with g the ``.grad`` the step reads (RWalk's task gradient) or,
+        with ``penalised``, that plus the gradient of the penalty taken with :meth:`take_penalty` (SI's ``.grad``
+        in the unfused order). Accepted (True) on the conditions of :meth:`take_penalty` (with ``acc`` as the flat
+        buffer), and, with ``penalised``, only after a penalty was taken for the same group;
+        :meth:`pop_path_integral` then says whether a step ran it."""
+        if self._path is not None:
+            return False
+        index = self._group_taking(params, acc)
+        if index is None or (penalised and (self._penalty is None or self._penalty[0] != index)):
+            return False
+        self._path = (index, acc, prev, bool(penalised))
+        self._path_done = False
+        return True
+
+    def pop_path_integral(self) -> bool:
+        """Whether a step ran the path integral taken with :meth:`take_path_integral`, once (False when no step ran:
+        a step skipped by a GradScaler, say). A path integral still pending is dropped."""
+        done, self._path, self._path_done = self._path_done, None, False
+        return done
+
+    def _group_taking(self, params: list[Tensor], flat: Tensor) -> int | None:
+        """The index of the parameter group whose list is exactly ``params`` (in order), when every one of them has
+        a gradient now and ``flat`` has the group's state dtype; else None (a penalty or path integral over them
+        cannot go into the step)."""
+        index = next((i for i, group in enumerate(self.param_groups) if len(group["params"]) == len(params)
+                      and all(a is b for a, b in zip(group["params"], params, strict=True))), None)
+        if index is None or any(p.grad is None for p in params) or flat.dtype != self._state_dtype(params):
+            return None
+        return index
 
     def pop_penalty_value(self) -> Tensor | None:
         """The value of the penalty the last step took, once; None when no step ran since :meth:`take_penalty`
@@ -64,15 +97,20 @@ class FlatStepOptimizer(torch.optim.Optimizer):
         return value
 
     def _penalty_args(self, group: dict[str, Any]) -> dict[str, Any]:
-        """The step op's penalty arguments for this group (none unless a penalty was taken for it)."""
-        if self._penalty is None or self.param_groups[self._penalty[0]] is not group:
-            return {}
-        _, importance, anchor, lam = self._penalty
-        return {"importance": importance, "anchor": anchor, "lam": lam}
+        """The step op's penalty and path-integral arguments for this group (none unless taken for it)."""
+        out: dict[str, Any] = {}
+        if self._penalty is not None and self.param_groups[self._penalty[0]] is group:
+            _, importance, anchor, lam = self._penalty
+            out.update(importance=importance, anchor=anchor, lam=lam)
+        if self._path is not None and self.param_groups[self._path[0]] is group:
+            _, acc, prev, penalised = self._path
+            out.update(path_acc=acc, path_prev=prev, path_penalised=penalised)
+            self._path_done = True
+        return out
 
     def _record_penalty(self, group: dict[str, Any], value: Tensor) -> None:
         """Adds one fused call's value to :attr:`penalty_value` (a group may take several calls: cohorts)."""
-        if self._penalty_args(group):
+        if self._penalty is not None and self.param_groups[self._penalty[0]] is group:
             self.penalty_value = value if self.penalty_value is None else self.penalty_value + value
 
     @staticmethod
@@ -100,7 +138,7 @@ class FlatStepOptimizer(torch.optim.Optimizer):
         try:
             self._step_groups()
         finally:
-            self._penalty = None  # a penalty is taken for one step only
+            self._penalty = self._path = None  # a penalty and a path integral are taken for one step only
         return loss
 
     def _step_groups(self) -> None:

@@ -11,10 +11,11 @@ is written"):
 Between the two, ``.grad`` holds the gradient of everything else in ``strategy.loss``: RWalk reads its
 task gradient there, with no extra forward/backward.
 
-With a :mod:`clfast.optim` optimizer, the plugins that allow it (``FUSES_INTO_STEP``: MAS, EWC, RWalk; not
-SI) hand the penalty to the optimizer in ``before_update`` instead, so one fused pass applies its gradient
-and the step, and add the value the step returns to ``strategy.loss`` in ``after_update``
-(``docs/optim.md``). Where the optimizer cannot take it, the penalty is applied in ``before_update``.
+With a :mod:`clfast.optim` optimizer, the plugins that allow it (``FUSES_INTO_STEP``: all four) hand the penalty
+to the optimizer in ``before_update`` instead, so one fused pass applies its gradient and the step, and add the
+value the step returns to ``strategy.loss`` in ``after_update`` (``docs/optim.md``); SI hands over its path
+integral with it (:meth:`RegularizerPlugin._take_step_extras`). Where the optimizer cannot take it, the penalty
+is applied in ``before_update``.
 """
 
 from __future__ import annotations
@@ -59,8 +60,7 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
     """
 
     STATE_NAME: ClassVar[str]
-    #: Whether the penalty may go into a clfast.optim step. False for SI: its path integral reads ``.grad`` with
-    #: the penalty gradient in it, which the fused step never writes there. (RWalk reads the task gradient.)
+    #: Whether the penalty may go into a clfast.optim step.
     FUSES_INTO_STEP: ClassVar[bool] = True
     KINDS: ClassVar[Mapping[str, str]] = {"importance": "zeros", "anchor": "copy"}
     STAND_IN: ClassVar[str] = "anchor"
@@ -179,12 +179,21 @@ class RegularizerPlugin(SupervisedPlugin, supports_distributed=True):
         params = self._table.tensors(strategy.model)
         weights, anchor = self._table[self.WEIGHTS], self._table[self.ANCHOR]
         # A stand-in for a parameter the model lacks is in no param group, so take_penalty refuses that case too.
-        if strategy.optimizer.take_penalty(params, weights, anchor, lam):
-            return
+        optimizer = strategy.optimizer
+        if optimizer.take_penalty(params, weights, anchor, lam):
+            if self._take_step_extras(strategy, params):
+                return
+            optimizer.pop_penalty_value()  # what must go with the penalty could not: the penalty leaves the step too
         self._into_step = None
         scale = grad_scale_of(strategy)
         value = ops.quad_penalty_grad_(params, weights, anchor, lam * scale, penalised=self._penalty_mask())
         self._add_value(strategy, value / scale if scale != 1.0 else value, lam)
+
+    def _take_step_extras(self, strategy: Any, params: list[Tensor]) -> bool:
+        """Called once the optimizer took the penalty: hand it what else goes into the same step (SI: its path
+        integral, which needs the penalised gradient). False if that was refused; the penalty then stays out of the
+        step too. Default: nothing else, True."""
+        return True
 
     def after_update(self, strategy: Any, **kwargs: Any) -> None:
         """The value of the penalty the step took (at the parameters before the step) joins ``strategy.loss``."""

@@ -45,7 +45,8 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
     """SI: penalise changes of the parameters that contributed most to the loss decrease.
 
     Per iteration the path integral ω −= g⊙(θ_new − θ_old) is accumulated by one fused op, with g the
-    ``.grad`` the optimizer used (total loss, penalty included). At the end of an experience:
+    ``.grad`` the optimizer used (total loss, penalty included); with a clfast.optim optimizer the penalty and this
+    update both go into the optimizer's fused step (``docs/optim.md``). At the end of an experience:
     cum += c·(−ω)/((θ − θ*)² + eps), Ω ← min(−cum, clip) (c = 1; clipped above only, at 0.001 as in Avalanche,
     or not at all with ``clip=None``), then Ω ← max(Ω, min_importance) when that is given, θ* ← θ. The loss
     gets (λ_e/2)·Σ Ω⊙(θ−θ*)² in every experience (λ_e = ``si_lambda[e]``, the last one reused): value added in
@@ -73,9 +74,6 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
     """
 
     STATE_NAME = "SynapticIntelligencePlugin"
-    # Its path integral reads .grad after the step, with the penalty gradient in it (as Avalanche's), which the
-    # fused step never writes there: the penalty stays out of the step (fusing ω into it is the next step).
-    FUSES_INTO_STEP = False
     #: θ*, Ω, the path integral ω, its running sum over experiences and the θ_old snapshot.
     KINDS: ClassVar[Mapping[str, str]] = {"anchor": "copy", "importance": "zeros", "omega": "zeros",
                                           "cum": "zeros", "prev": "copy"}
@@ -107,6 +105,10 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
             except (TypeError, RuntimeError) as err:
                 raise ValueError(f"device must be 'as_strategy' or a torch device, got {device!r}") from err
         self._device = device
+        # Whether this iteration's path integral went into the optimizer's step (_take_step_extras), and whether any
+        # did in this experience (their NaN/inf is then checked on ω at its end).
+        self._path_in_step = False
+        self._fused_this_exp = False
 
     # -- views ----------------------------------------------------------------------------------------
     @property
@@ -141,6 +143,7 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
         table.copy_from_model("prev", strategy.model)
         table["omega"].zero_()
         self._finite.reset()  # ω and θ_old, all that the per-iteration checks guard, start afresh
+        self._fused_this_exp = False
 
     def _tracking(self) -> bool:
         """Some parameter is tracked (all hooks below are no-ops until then)."""
@@ -152,10 +155,33 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
     def _penalty_strength(self, strategy: Any) -> float:
         return self.lambda_for(strategy.clock.train_exp_counter) / 2  # (λ_e/2)·Σ Ω⊙(θ−θ*)²
 
+    def _take_step_extras(self, strategy: Any, params: list[Tensor]) -> bool:
+        """ω −= g⊙(θ_new − θ_old) and θ_old ← θ_new inside the step, with the penalised gradient (the ``.grad``
+        the unfused step would have read)."""
+        self._path_in_step = strategy.optimizer.take_path_integral(params, self._table["omega"], self._table["prev"],
+                                                                   penalised=True)
+        return self._path_in_step
+
+    def before_update(self, strategy: Any, **kwargs: Any) -> None:
+        """The penalty and the path integral into the step (the base's ``before_update``); when another
+        regulariser's penalty took the step's slot, ours went into ``.grad`` there, and the path integral goes into
+        the step on the gradient with that one's penalty, the whole gradient the unfused update would read."""
+        fusing = self._into_step is not None
+        super().before_update(strategy, **kwargs)
+        if fusing and not self._path_in_step:
+            self._take_step_extras(strategy, self._table.tensors(strategy.model))
+
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        # The step did the update (a pending one is dropped when no step ran).
+        fused = self._path_in_step and strategy.optimizer.pop_path_integral()
+        self._path_in_step = False
         # Once per optimizer step: not on the first minibatches of an accumulation window, nor on a step the
         # GradScaler skipped (θ did not move; the gradients may be inf).
         if not self._tracking() or not step_was_taken(strategy):
+            return
+        if fused:
+            self._fused_this_exp = True
+            self._finite.tick()
             return
         params = self._table.tensors(strategy.model)
         # ω −= g⊙(θ_new − θ_old), θ_old ← θ_new; NaN/inf raises before writing, or (deferred checks) at the
@@ -166,6 +192,8 @@ class SynapticIntelligencePlugin(RegularizerPlugin, supports_distributed=True):
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         if not self._tracking():
             return
+        if self._fused_this_exp:  # the fused steps checked nothing: a NaN/inf g⊙Δθ stays in ω (inf − inf is NaN)
+            ops.check_finite("SynapticIntelligencePlugin", guard=self._finite, omega=self._table["omega"])
         self._finite.check()  # deferred NaN/inf in this experience's ω: refuse before consolidating
         params = self._table.tensors(strategy.model)
         ops.si_consolidate_(self._table["cum"], self._table["importance"], self._table["omega"],

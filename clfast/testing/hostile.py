@@ -125,13 +125,16 @@ def _valid(info: OpInfo, rng: random.Random, device: str) -> tuple[dict[str, Any
 
 
 def _consistent(op: str, call: dict[str, Any], state_dtype: torch.dtype, device: str) -> None:
-    """The ties between a step's arguments that a valid call keeps: Ω and θ* together; SGD's momentum buffer
+    """The ties between a step's arguments that a valid call keeps: Ω and θ* together, the path integral's two
+    buffers together; SGD's momentum buffer
     exactly when momentum != 0, and Nesterov only with momentum and no dampening. A call without any tensor
     cannot be dispatched (torch raises NotImplementedError), so an SGD step of no params gets an empty penalty."""
     if op not in ("sgd_step_", "adam_step_"):
         return
     if call["importance"] is None or call["anchor"] is None:
         call["importance"] = call["anchor"] = None
+    if call.get("path_acc") is None or call.get("path_prev") is None:
+        call["path_acc"] = call["path_prev"] = None
     if op == "sgd_step_":
         if not call["params"] and call["momentum_buffer"] is None and call["importance"] is None:
             call["importance"], call["anchor"] = (torch.zeros(0, dtype=state_dtype, device=device) for _ in range(2))

@@ -189,21 +189,36 @@ def _fresh(params: Sequence[Tensor]) -> list[Tensor]:
 
 @_sampler
 def _sgd_samples(c, imp, anchor, x, y, grads_opt):
-    """With momentum (first step, Nesterov), a penalty, maximize; and plain SGD (no state at all)."""
-    return [(_fresh(c.params), grads_opt, x.clone(), imp, anchor, 0.1, 0.9, 0.0, 0.01, True, False, True, 0.5),
-            (_fresh(c.params), grads_opt, x.clone(), None, None, 0.1, 0.9, 0.2, 0.0, False, True, False, 0.0),
-            (_fresh(c.params), c.grads, None, imp, anchor, 0.05, 0.0, 0.0, 0.1, False, False, False, 2.0),
-            (_fresh(c.params), c.grads, None, None, None, 0.05, 0.0, 0.0, 0.0, False, False, False, 0.0)]
+    """With momentum (first step, Nesterov), a penalty, maximize; plain SGD (no state at all); and the path integral
+    with the penalised gradient (SI), with the task gradient (RWalk), and as the only state."""
+    no_path = (None, None, False)
+    return [(_fresh(c.params), grads_opt, x.clone(), imp, anchor, 0.1, 0.9, 0.0, 0.01, True, False, True, 0.5,
+             *no_path),
+            (_fresh(c.params), grads_opt, x.clone(), None, None, 0.1, 0.9, 0.2, 0.0, False, True, False, 0.0,
+             *no_path),
+            (_fresh(c.params), c.grads, None, imp, anchor, 0.05, 0.0, 0.0, 0.1, False, False, False, 2.0, *no_path),
+            (_fresh(c.params), c.grads, None, None, None, 0.05, 0.0, 0.0, 0.0, False, False, False, 0.0, *no_path),
+            (_fresh(c.params), grads_opt, x.clone(), imp, anchor, 0.1, 0.9, 0.0, 0.01, False, False, False, 0.5,
+             y.clone(), anchor.clone(), True),
+            (_fresh(c.params), grads_opt, x.clone(), imp, anchor, 0.1, 0.9, 0.1, 0.0, False, True, False, 0.5,
+             y.clone(), anchor.clone(), False),
+            (_fresh(c.params), c.grads, None, None, None, 0.05, 0.0, 0.0, 0.0, False, False, False, 0.0, y.clone(),
+             anchor.clone(), True)]
 
 
 @_sampler
 def _adam_samples(c, imp, anchor, x, y, grads_opt):
     """Adam with L2 and a penalty at step 1; AdamW, maximize, low betas (torch's other lerp form) at step 7."""
     m, v = x.clone() * 0.1, y.abs() * 0.01
+    no_path = (None, None, False)
     return [(_fresh(c.params), grads_opt, torch.zeros_like(m), torch.zeros_like(v), imp, anchor, 1e-2, 0.9, 0.999,
-             1e-8, 0.01, False, False, 1, 0.5),
+             1e-8, 0.01, False, False, 1, 0.5, *no_path),
             (_fresh(c.params), c.grads, m.clone(), v.clone(), None, None, 1e-3, 0.3, 0.9, 1e-6, 0.1, True, True, 7,
-             0.0)]
+             0.0, *no_path),
+            (_fresh(c.params), grads_opt, m.clone(), v.clone(), imp, anchor, 1e-2, 0.9, 0.999, 1e-8, 0.01, True,
+             False, 3, 0.5, y.clone(), anchor.clone(), True),
+            (_fresh(c.params), c.grads, m.clone(), v.clone(), None, None, 1e-3, 0.3, 0.9, 1e-6, 0.0, False, True, 2,
+             0.0, y.clone(), anchor.clone(), False)]
 
 
 @_sampler

@@ -78,9 +78,8 @@ struct CpuRunner {
         return dispatch_model_type(call.dtype[i], [&](auto pt) {
           using T = typename decltype(pt)::type;
           const auto f = make(pt, st, call.variant[i]);
-          Ptrs<T, P> p{{offset_or_null<T>(call.list0[i], local), offset_or_null<T>(call.list1[i], local)},
-                       {offset_or_null<P>(call.flat[0], flat), offset_or_null<P>(call.flat[1], flat),
-                        offset_or_null<P>(call.flat[2], flat), offset_or_null<P>(call.flat[3], flat)}};
+          Ptrs<T, P> p{{offset_or_null<T>(call.list0[i], local), offset_or_null<T>(call.list1[i], local)}, {}};
+          for (int j = 0; j < kMaxFlat; ++j) p.f[j] = offset_or_null<P>(call.flat[j], flat);
           return run_piece(f, p, n);
         });
       });

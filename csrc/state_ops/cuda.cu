@@ -43,7 +43,7 @@ struct TensorBatch {
 
 template <typename P>
 struct FlatPtrs {
-  P* f[4];
+  P* f[kMaxFlat];
 };
 
 __device__ __forceinline__ int find_tensor(const TensorBatch& b) {
@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kThreads)
   p.l[0] = batch.l0[t] ? static_cast<T*>(batch.l0[t]) + begin : nullptr;
   p.l[1] = batch.l1[t] ? static_cast<T*>(batch.l1[t]) + begin : nullptr;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) p.f[j] = flat.f[j] ? flat.f[j] + fo : nullptr;
+  for (int j = 0; j < kMaxFlat; ++j) p.f[j] = flat.f[j] ? flat.f[j] + fo : nullptr;
   A acc = A(0);
 #pragma unroll 4
   for (int64_t k = threadIdx.x; k < n; k += kThreads) {
@@ -243,8 +243,8 @@ struct CudaRunner {
     for (const auto& l : launches) {
       dispatch_state_type(call.state_dtype, [&](auto st) {
         using P = typename decltype(st)::type;
-        FlatPtrs<P> flat{{static_cast<P*>(call.flat[0]), static_cast<P*>(call.flat[1]), static_cast<P*>(call.flat[2]),
-                          static_cast<P*>(call.flat[3])}};
+        FlatPtrs<P> flat{};
+        for (int j = 0; j < kMaxFlat; ++j) flat.f[j] = static_cast<P*>(call.flat[j]);
         dispatch_model_type(l.dtype, [&](auto pt) {
           using T = typename decltype(pt)::type;
           const auto f = make(pt, st, l.variant);

@@ -18,11 +18,15 @@
 
 namespace clfast {
 
-// Pointers of one contiguous piece: up to two model-tensor lists and four flat buffers.
+// The most flat buffers one op reads or writes (Adam with a penalty and a path integral: m, v, Omega, theta*, acc,
+// theta_prev).
+constexpr int kMaxFlat = 6;
+
+// Pointers of one contiguous piece: up to two model-tensor lists and kMaxFlat flat buffers.
 template <typename T, typename P>
 struct Ptrs {
   T* l[2];
-  P* f[4];
+  P* f[kMaxFlat];
 };
 
 template <typename A>
@@ -193,13 +197,32 @@ CLFAST_HD bool is_finite_value(A x) {
   return (x - x) == (x - x);
 }
 
-// ---- optimizer steps, with the quadratic penalty inside ------------------------------------------------------------
+// ---- optimizer steps, with the quadratic penalty and the path integral inside ----------------------------------------
 // Both steps first form the gradient the optimizer sees, g = grad + 2 lam Omega (theta - theta*) when a penalty is
 // given (what quad_penalty_grad_ would have written into .grad), and return Omega (theta - theta*)^2 at the
 // parameters before the step (the driver multiplies the sum by lam). Then torch.optim's update, element by element.
-// l[0] = theta (written), l[1] = grad; the flat buffers are the optimizer state, then Omega and theta*.
-// Whether there is a momentum buffer and a penalty are template parameters, the other options selects, so that the
-// CPU loops have no branch and vectorise.
+// With a path integral (SI's omega, RWalk's window loss L), last: acc -= g_path (theta_new - theta_old) and
+// theta_prev = theta_new, what path_integral_update_ does after an unfused step, with theta_old read here instead of
+// from theta_prev; g_path is the task gradient `grad` (RWalk) or the penalised g (SI: the .grad the unfused step saw).
+// l[0] = theta (written), l[1] = grad; the flat buffers are the optimizer state, then Omega and theta*, then acc and
+// theta_prev. Whether there is a momentum buffer, a penalty and a path integral are template parameters, the other
+// options selects, so that the CPU loops have no branch and vectorise.
+
+// Which gradient a step's path integral multiplies by the step (the template parameter kPath).
+enum PathGrad : int { kNoPath = 0, kPathTaskGrad = 1, kPathPenalisedGrad = 2 };
+
+// acc -= g_path (theta_new - theta_old); theta_prev = theta_new, with theta_new as stored (rounded to T), as the
+// unfused update reads it back. acc = f[ia], theta_prev = f[ia + 1].
+template <int kPath, int ia, typename T, typename P, typename A>
+CLFAST_HD void path_integral_in_step(const Ptrs<T, P>& p, int64_t k, A theta_old, T theta_new, A task_grad,
+                                     A penalised_grad) {
+  if constexpr (kPath != kNoPath) {
+    const A g = kPath == kPathTaskGrad ? task_grad : penalised_grad;
+    const A stored = static_cast<A>(theta_new);
+    p.f[ia][k] = static_cast<P>(static_cast<A>(p.f[ia][k]) - g * (stored - theta_old));
+    p.f[ia + 1][k] = static_cast<P>(stored);
+  }
+}
 
 // g with the penalty (Omega = f[iw], theta* = f[iw + 1]); `value` gets Omega (theta - theta*)^2, 0 without.
 template <bool kPenalty, int iw, typename T, typename P, typename A>
@@ -218,8 +241,8 @@ CLFAST_HD A penalised_gradient(const Ptrs<T, P>& p, int64_t k, A theta, A coef, 
 
 // torch.optim.SGD: g = ±grad + wd theta; with momentum, b = g on the first step, else b = mu b + (1 - dampening) g,
 // and g = g + mu b (Nesterov) or b; theta -= lr g.  f[0] = momentum buffer (kMomentum), f[1] = Omega,
-// f[2] = theta* (kPenalty).
-template <typename T, typename P, bool kMomentum, bool kPenalty>
+// f[2] = theta* (kPenalty), f[3] = acc, f[4] = theta_prev (kPath).
+template <typename T, typename P, bool kMomentum, bool kPenalty, int kPath = kNoPath>
 struct SgdStep {
   using A = opmath_t<T, P>;
   static constexpr bool kReduces = kPenalty;
@@ -229,15 +252,17 @@ struct SgdStep {
   CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
     const A theta = static_cast<A>(p.l[0][k]);
     A value;
-    A g = penalised_gradient<kPenalty, 1>(p, k, theta, coef, value);
-    g = maximize ? -g : g;
+    const A penalised = penalised_gradient<kPenalty, 1>(p, k, theta, coef, value);
+    A g = maximize ? -penalised : penalised;
     g = weight_decay != A(0) ? g + weight_decay * theta : g;  // torch adds nothing at 0 (an inf theta stays inf)
     if constexpr (kMomentum) {
       const A b = first ? g : momentum * static_cast<A>(p.f[0][k]) + one_minus_dampening * g;
       p.f[0][k] = static_cast<P>(b);
       g = nesterov ? g + momentum * b : b;
     }
-    p.l[0][k] = static_cast<T>(theta - lr * g);
+    const T theta_new = static_cast<T>(theta - lr * g);
+    p.l[0][k] = theta_new;
+    path_integral_in_step<kPath, 3>(p, k, theta, theta_new, static_cast<A>(p.l[1][k]), penalised);
     return value;
   }
 };
@@ -245,8 +270,9 @@ struct SgdStep {
 // torch.optim.Adam / AdamW: g = ±grad (+ wd theta for Adam; AdamW decays theta by 1 - lr wd instead);
 // m = lerp(m, g, 1 - beta1) (torch's lerp: two forms around weight 0.5); v = beta2 v + (1 - beta2) g^2;
 // theta -= step_size (m / (sqrt(v) / bc2_sqrt + eps)), with step_size = lr / (1 - beta1^t) and
-// bc2_sqrt = sqrt(1 - beta2^t) computed on the host.  f[0] = m, f[1] = v, f[2] = Omega, f[3] = theta* (kPenalty).
-template <typename T, typename P, bool kPenalty>
+// bc2_sqrt = sqrt(1 - beta2^t) computed on the host.  f[0] = m, f[1] = v, f[2] = Omega, f[3] = theta* (kPenalty),
+// f[4] = acc, f[5] = theta_prev (kPath).
+template <typename T, typename P, bool kPenalty, int kPath = kNoPath>
 struct AdamStep {
   using A = opmath_t<T, P>;
   static constexpr bool kReduces = kPenalty;
@@ -255,10 +281,11 @@ struct AdamStep {
   A one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, coef, step_size, bc2_sqrt;
   bool decoupled, maximize;
   CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
-    A theta = static_cast<A>(p.l[0][k]);
+    const A theta_old = static_cast<A>(p.l[0][k]);
+    A theta = theta_old;
     A value;
-    A g = penalised_gradient<kPenalty, 2>(p, k, theta, coef, value);
-    g = maximize ? -g : g;
+    const A penalised = penalised_gradient<kPenalty, 2>(p, k, theta, coef, value);
+    A g = maximize ? -penalised : penalised;
     const bool decay_now = weight_decay != A(0);
     g = decay_now && !decoupled ? g + weight_decay * theta : g;
     theta = decay_now && decoupled ? theta * decay : theta;
@@ -268,7 +295,9 @@ struct AdamStep {
     const A v = beta2 * static_cast<A>(p.f[1][k]) + one_minus_beta2 * g * g;
     p.f[0][k] = static_cast<P>(m);
     p.f[1][k] = static_cast<P>(v);
-    p.l[0][k] = static_cast<T>(theta - step_size * (m / (std::sqrt(v) / bc2_sqrt + eps)));
+    const T theta_new = static_cast<T>(theta - step_size * (m / (std::sqrt(v) / bc2_sqrt + eps)));
+    p.l[0][k] = theta_new;
+    path_integral_in_step<kPath, 4>(p, k, theta_old, theta_new, static_cast<A>(p.l[1][k]), penalised);
     return value;
   }
 };

@@ -265,6 +265,21 @@ inline void check_step_penalty(const char* op, const ListFlatCall& call, const s
   check_state_buffer(*anchor, op, "anchor", call.total, call.state_dtype, call.device);
 }
 
+// The optional path integral of a step (acc -= g_path (theta_new - theta_old); theta_prev = theta_new): acc and
+// theta_prev both or neither, as flat buffers of the call; `path_penalised` says which gradient (elementwise.h).
+// Returns the kernel's PathGrad.
+inline int check_step_path(const char* op, const ListFlatCall& call, const std::optional<at::Tensor>& path_acc,
+                           const std::optional<at::Tensor>& path_prev, bool path_penalised, bool has_penalty) {
+  const bool has_acc = path_acc.has_value() && path_acc->defined();
+  const bool has_prev = path_prev.has_value() && path_prev->defined();
+  TORCH_CHECK(has_acc == has_prev, op, ": path_acc and path_prev go together (the path integral needs both)");
+  if (!has_acc) return kNoPath;
+  check_state_buffer(*path_acc, op, "path_acc", call.total, call.state_dtype, call.device);
+  check_state_buffer(*path_prev, op, "path_prev", call.total, call.state_dtype, call.device);
+  // Without a penalty the penalised gradient is the task gradient.
+  return path_penalised && has_penalty ? kPathPenalisedGrad : kPathTaskGrad;
+}
+
 inline void* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr() : nullptr;
 }
@@ -278,11 +293,29 @@ inline void check_nonnegative(const char* op, const char* what, double value) {
   TORCH_CHECK(std::isfinite(value) && value >= 0.0, op, ": ", what, " must be finite and >= 0, got ", value);
 }
 
+// Calls make(path_tag) with the PathGrad `path` as a compile-time constant.
+template <typename Make>
+auto with_path(int path, Make&& make) {
+  if (path == kPathPenalisedGrad) return make(std::integral_constant<int, kPathPenalisedGrad>{});
+  if (path == kPathTaskGrad) return make(std::integral_constant<int, kPathTaskGrad>{});
+  return make(std::integral_constant<int, kNoPath>{});
+}
+
+// Runs a step functor: a reduction (the penalty's value) with a penalty, else an apply and a zero.
+template <class R, typename Make>
+at::Tensor run_step(const ListFlatCall& call, bool has_penalty, double lam, Make&& make) {
+  if (has_penalty) return R::reduce(call, make, lam);
+  R::apply(call, make);
+  return step_without_penalty_value(call);
+}
+
 template <class R>
 at::Tensor sgd_step_impl(at::TensorList params, const OptTensorList& grads,
                          const std::optional<at::Tensor>& momentum_buffer, const std::optional<at::Tensor>& importance,
                          const std::optional<at::Tensor>& anchor, double lr, double momentum, double dampening,
-                         double weight_decay, bool nesterov, bool maximize, bool first, double lam) {
+                         double weight_decay, bool nesterov, bool maximize, bool first, double lam,
+                         const std::optional<at::Tensor>& path_acc, const std::optional<at::Tensor>& path_prev,
+                         bool path_penalised) {
   constexpr const char* op = "clfast::sgd_step_";
   check_nonnegative(op, "lr", lr);
   check_nonnegative(op, "momentum", momentum);
@@ -294,44 +327,50 @@ at::Tensor sgd_step_impl(at::TensorList params, const OptTensorList& grads,
   TORCH_CHECK(has_buffer == (momentum != 0.0), op, ": momentum_buffer must be given exactly when momentum != 0 (",
               "momentum ", momentum, ", buffer ", has_buffer ? "given" : "missing", ")");
   const bool has_omega = importance.has_value() && importance->defined();
+  const bool has_acc = path_acc.has_value() && path_acc->defined();
   ListFlatCall call = has_buffer  ? make_call(op, params, *momentum_buffer, "momentum_buffer")
                       : has_omega ? make_call(op, params, *importance, "importance")
+                      : has_acc   ? make_call(op, params, *path_acc, "path_acc")
                                   : make_stateless_call(op, params);
   check_step_penalty(op, call, importance, anchor, lam);
+  const int path = check_step_path(op, call, path_acc, path_prev, path_penalised, has_omega);
   add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
   const at::Tensor none;
   check_state_distinct(op, call, {{"momentum_buffer", has_buffer ? *momentum_buffer : none, true},
                                   {"importance", has_omega ? *importance : none, false},
-                                  {"anchor", has_omega ? *anchor : none, false}},
+                                  {"anchor", has_omega ? *anchor : none, false},
+                                  {"path_acc", has_acc ? *path_acc : none, true},
+                                  {"path_prev", has_acc ? *path_prev : none, true}},
                        /*with_grads=*/true, /*params_written=*/true);
-  call.flat = {data_or_null(momentum_buffer), data_or_null(importance), data_or_null(anchor), nullptr};
+  call.flat = {data_or_null(momentum_buffer), data_or_null(importance), data_or_null(anchor), data_or_null(path_acc),
+               data_or_null(path_prev)};
   const double coef = 2.0 * lam;
-  auto make_step = [&](auto with_momentum, auto with_penalty) {
+  auto make_step = [&](auto with_momentum, auto with_penalty, auto path_tag) {
     return [=](auto pt, auto st, uint8_t) {
       using F = SgdStep<typename decltype(pt)::type, typename decltype(st)::type, decltype(with_momentum)::value,
-                        decltype(with_penalty)::value>;
+                        decltype(with_penalty)::value, decltype(path_tag)::value>;
       using A = typename F::A;
       return F{static_cast<A>(lr), static_cast<A>(momentum), static_cast<A>(1.0 - dampening),
                static_cast<A>(weight_decay), static_cast<A>(coef), nesterov, maximize, first};
     };
   };
-  if (has_omega) {
-    return has_buffer ? R::reduce(call, make_step(std::true_type{}, std::true_type{}), lam)
-                      : R::reduce(call, make_step(std::false_type{}, std::true_type{}), lam);
-  }
-  if (has_buffer) {
-    R::apply(call, make_step(std::true_type{}, std::false_type{}));
-  } else {
-    R::apply(call, make_step(std::false_type{}, std::false_type{}));
-  }
-  return step_without_penalty_value(call);
+  return with_path(path, [&](auto path_tag) {
+    if (has_omega) {
+      return has_buffer ? run_step<R>(call, true, lam, make_step(std::true_type{}, std::true_type{}, path_tag))
+                        : run_step<R>(call, true, lam, make_step(std::false_type{}, std::true_type{}, path_tag));
+    }
+    return has_buffer ? run_step<R>(call, false, lam, make_step(std::true_type{}, std::false_type{}, path_tag))
+                      : run_step<R>(call, false, lam, make_step(std::false_type{}, std::false_type{}, path_tag));
+  });
 }
 
 template <class R>
 at::Tensor adam_step_impl(at::TensorList params, const OptTensorList& grads, const at::Tensor& exp_avg,
                           const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& importance,
                           const std::optional<at::Tensor>& anchor, double lr, double beta1, double beta2, double eps,
-                          double weight_decay, bool decoupled, bool maximize, int64_t step, double lam) {
+                          double weight_decay, bool decoupled, bool maximize, int64_t step, double lam,
+                          const std::optional<at::Tensor>& path_acc, const std::optional<at::Tensor>& path_prev,
+                          bool path_penalised) {
   constexpr const char* op = "clfast::adam_step_";
   check_nonnegative(op, "lr", lr);
   TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0, op, ": beta1 must be in [0, 1), got ", beta1);
@@ -342,31 +381,38 @@ at::Tensor adam_step_impl(at::TensorList params, const OptTensorList& grads, con
   ListFlatCall call = make_call(op, params, exp_avg, "exp_avg");
   check_state_buffer(exp_avg_sq, op, "exp_avg_sq", call.total, call.state_dtype, call.device);
   check_step_penalty(op, call, importance, anchor, lam);
-  add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
   const bool has_omega = importance.has_value() && importance->defined();
+  const int path = check_step_path(op, call, path_acc, path_prev, path_penalised, has_omega);
+  const bool has_acc = path != kNoPath;
+  add_grads(call, op, "grads", params, grads, /*skip_missing=*/true);
   const at::Tensor none;
   check_state_distinct(op, call, {{"exp_avg", exp_avg, true}, {"exp_avg_sq", exp_avg_sq, true},
                                   {"importance", has_omega ? *importance : none, false},
-                                  {"anchor", has_omega ? *anchor : none, false}},
+                                  {"anchor", has_omega ? *anchor : none, false},
+                                  {"path_acc", has_acc ? *path_acc : none, true},
+                                  {"path_prev", has_acc ? *path_prev : none, true}},
                        /*with_grads=*/true, /*params_written=*/true);
-  call.flat = {exp_avg.data_ptr(), exp_avg_sq.data_ptr(), data_or_null(importance), data_or_null(anchor)};
+  call.flat = {exp_avg.data_ptr(), exp_avg_sq.data_ptr(), data_or_null(importance), data_or_null(anchor),
+               data_or_null(path_acc), data_or_null(path_prev)};
   // As torch.optim computes them, in double on the host: 1 - beta1^t and (1 - beta2^t)^0.5.
   const auto t = static_cast<double>(step);
   const double step_size = lr / (1.0 - std::pow(beta1, t));
   const double bc2_sqrt = std::pow(1.0 - std::pow(beta2, t), 0.5);
   const double coef = 2.0 * lam;
-  auto make_step = [&](auto with_penalty) {
+  auto make_step = [&](auto with_penalty, auto path_tag) {
     return [=](auto pt, auto st, uint8_t) {
-      using F = AdamStep<typename decltype(pt)::type, typename decltype(st)::type, decltype(with_penalty)::value>;
+      using F = AdamStep<typename decltype(pt)::type, typename decltype(st)::type, decltype(with_penalty)::value,
+                         decltype(path_tag)::value>;
       using A = typename F::A;
       return F{static_cast<A>(1.0 - beta1), static_cast<A>(beta2), static_cast<A>(1.0 - beta2), static_cast<A>(eps),
                static_cast<A>(weight_decay), static_cast<A>(1.0 - lr * weight_decay), static_cast<A>(coef),
                static_cast<A>(step_size), static_cast<A>(bc2_sqrt), decoupled, maximize};
     };
   };
-  if (has_omega) return R::reduce(call, make_step(std::true_type{}), lam);
-  R::apply(call, make_step(std::false_type{}));
-  return step_without_penalty_value(call);
+  return with_path(path, [&](auto path_tag) {
+    return has_omega ? run_step<R>(call, true, lam, make_step(std::true_type{}, path_tag))
+                     : run_step<R>(call, false, lam, make_step(std::false_type{}, path_tag));
+  });
 }
 
 inline void check_flat(const char* op, const char* what, const at::Tensor& t) {

@@ -25,7 +25,7 @@ struct ListFlatCall {
   std::vector<at::ScalarType> dtype;  // per tensor element type of the lists
   std::vector<uint8_t> active;        // 0: tensor skipped entirely
   std::vector<uint8_t> variant;       // per tensor functor variant (e.g. has_grad, overwrite)
-  std::array<void*, 4> flat{nullptr, nullptr, nullptr, nullptr};
+  std::array<void*, 6> flat{};         // the op's flat buffers in functor order (elementwise.h: kMaxFlat)
   at::ScalarType state_dtype = at::kFloat;
   at::Device device = at::kCPU;
 
