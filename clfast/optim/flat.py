@@ -51,7 +51,7 @@ class FlatStepOptimizer(torch.optim.Optimizer):
         False, and the caller applies the penalty itself (``docs/optim.md``)."""
         if self._penalty is not None:
             return False
-        index = self._group_taking(params, importance)
+        index = self.group_taking(params, importance)
         if index is None:
             return False
         self._penalty = (index, importance, anchor, float(lam))
@@ -66,7 +66,7 @@ class FlatStepOptimizer(torch.optim.Optimizer):
         :meth:`pop_path_integral` then says whether a step ran it."""
         if self._path is not None:
             return False
-        index = self._group_taking(params, acc)
+        index = self.group_taking(params, acc)
         if index is None or (penalised and (self._penalty is None or self._penalty[0] != index)):
             return False
         self._path = (index, acc, prev, bool(penalised))
@@ -79,7 +79,7 @@ class FlatStepOptimizer(torch.optim.Optimizer):
         done, self._path, self._path_done = self._path_done, None, False
         return done
 
-    def _group_taking(self, params: list[Tensor], flat: Tensor) -> int | None:
+    def group_taking(self, params: list[Tensor], flat: Tensor) -> int | None:
         """The index of the parameter group whose list is exactly ``params`` (in order), when every one of them has
         a gradient now and ``flat`` has the group's state dtype; else None (a penalty or path integral over them
         cannot go into the step)."""

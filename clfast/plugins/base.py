@@ -14,8 +14,8 @@ task gradient there, with no extra forward/backward.
 With a :mod:`clfast.optim` optimizer, the plugins that allow it (``FUSES_INTO_STEP``: all four) hand the penalty
 to the optimizer in ``before_update`` instead, so one fused pass applies its gradient and the step, and add the
 value the step returns to ``strategy.loss`` in ``after_update`` (``docs/optim.md``); SI hands over its path
-integral with it (:meth:`RegularizerPlugin._take_step_extras`). Where the optimizer cannot take it, the penalty
-is applied in ``before_update``.
+integral with it (:meth:`RegularizerPlugin._take_step_extras`), RWalk its own. Where the optimizer cannot take
+the penalty, it is applied in ``before_update``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from .. import distributed as dist
 from .. import ops
 from .._checks import check_bool, check_float, check_int
 from ..distributed import unwrap
+from ..optim.flat import FlatStepOptimizer
 from ..sharding import grad_of
 from ..state import FlatState
 from ..training.precision import step_is_due, step_was_taken
@@ -24,7 +25,7 @@ __all__ = ["RWalkPlugin"]
 
 _KINDS = {
     "fisher": "zeros",        # EWC++ Fisher F (iter_importance)
-    "grad": "zeros",          # task gradient g_t of the current iteration (iter_grad)
+    "grad": "zeros",          # task gradient g_t of the current iteration (iter_grad; unused when fused)
     "prev": "copy",           # θ_t, the parameters before the step (iter_params)
     "loss": "zeros",          # Σ −g⊙Δθ over the current Δt window (checkpoint_loss)
     "ckpt_params": "copy",    # θ at the last score checkpoint (checkpoint_params)
@@ -83,6 +84,10 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
         self._scored: set[str] | None = None   # keys of exp_scores (None before the first experience ends)
         self._exp_fisher_keys: set[str] = set()
         self._penalised: list[bool] | None = None  # per table entry: has a penalty weight P
+        # This step's path integral: waiting for before_update to go into the clfast.optim step (the task gradient
+        # was not copied), and taken by the step.
+        self._path_pending = False
+        self._path_in_step = False
 
     # -- views ----------------------------------------------------------------------------------------
     def _views(self, kind: str, keys: set[str] | None = None) -> dict[str, Tensor] | None:
@@ -166,16 +171,41 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
     def _penalty_mask(self) -> list[bool] | None:
         return self._penalised
 
+    def _path_fusable(self, strategy: Any) -> bool:
+        """Whether this step's path integral may go into the optimizer's step, reading the task gradient there: a
+        clfast.optim optimizer, g read from ``.grad`` (no separate pass), and no other regulariser, whose penalty
+        gradient could then be in ``.grad`` at the step but not when g was read (or the other way round)."""
+        return (isinstance(getattr(strategy, "optimizer", None), FlatStepOptimizer) and not self.separate_grad_pass
+                and sum(isinstance(p, RegularizerPlugin) for p in strategy.plugins) == 1)
+
     def after_backward(self, strategy: Any, **kwargs: Any) -> None:
         params = self._table.tensors(strategy.model)
+        self._path_pending = self._path_in_step = False
         # .grad holds the task gradient (the penalty's is not in yet), accumulated over the window and unscaled
         # on the step's last minibatch: read it then, unless the GradScaler skips the step (it may be inf).
         if not self.separate_grad_pass and step_was_taken(strategy):
-            self._read_task_grad(params)
+            self._path_pending = self._path_fusable(strategy)
+            self._read_task_grad(params, keep_copy=not self._path_pending)
         super().after_backward(strategy, **kwargs)
 
-    def _read_task_grad(self, params: list[Tensor]) -> None:
-        """g_t ← ``.grad``: update the EWC++ Fisher and keep a copy of g for the path integral."""
+    def before_update(self, strategy: Any, **kwargs: Any) -> None:
+        """With a fusable path integral: L −= g⊙(θ_{t+1} − θ_t) and θ_t ← θ_{t+1} inside the step, with g the task
+        gradient the step reads from ``.grad``. Where the step cannot take it (the parameters are not one group's,
+        a gradient is missing), g is copied now, before the penalty's gradient can go into ``.grad``."""
+        if self._path_pending:
+            self._path_pending = False
+            params = self._table.tensors(strategy.model)
+            if strategy.optimizer.group_taking(params, self._table["loss"]) is None:
+                self._table.copy_in(self._table["grad"], [grad_of(p) for p in params])
+            else:
+                self._path_in_step = True
+        super().before_update(strategy, **kwargs)  # the penalty: taken by the step on the same conditions
+        if self._path_in_step:
+            self._path_in_step = strategy.optimizer.take_path_integral(
+                self._table.tensors(strategy.model), self._table["loss"], self._table["prev"], penalised=False)
+
+    def _read_task_grad(self, params: list[Tensor], keep_copy: bool = True) -> None:
+        """g_t ← ``.grad``: update the EWC++ Fisher and (``keep_copy``) keep a copy of g for the path integral."""
         table = self._table
         grads = [grad_of(p) for p in params]
         now = [g is not None for g in grads]
@@ -192,20 +222,23 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
                                grads=[g if i in fresh_set else None for i, g in enumerate(grads)])
         self._in_fisher = {n for n, has in zip(names, now, strict=True) if has}
         self._iter_grad = now
-        table.copy_in(table["grad"], grads)
+        if keep_copy:
+            table.copy_in(table["grad"], grads)
 
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        fused = self._path_in_step and strategy.optimizer.pop_path_integral()  # a pending one is dropped
+        self._path_in_step = False
         if not step_was_taken(strategy):  # once per optimizer step that moved θ
             return
         table = self._table
         params = table.tensors(strategy.model)
-        views = table.state.views("grad")
-        # The stored task gradient is float32 (the state's dtype); for a parameter held in bfloat16/float16 it goes
-        # back to that dtype, which is exact: it was copied from that parameter's .grad.
-        grads = [(views[n] if views[n].dtype == p.dtype else views[n].to(p.dtype)) if has else None
-                 for n, has, p in zip(table.state.names, self._iter_grad, params, strict=True)]
-        # L −= g⊙(θ_{t+1} − θ_t)
-        ops.path_integral_update_(table["loss"], table["prev"], params, grads=grads, check_finite=self._finite)
+        if not fused:  # L −= g⊙(θ_{t+1} − θ_t) with the stored task gradient
+            views = table.state.views("grad")
+            # The stored task gradient is float32 (the state's dtype); for a parameter held in bfloat16/float16 it
+            # goes back to that dtype, which is exact: it was copied from that parameter's .grad.
+            grads = [(views[n] if views[n].dtype == p.dtype else views[n].to(p.dtype)) if has else None
+                     for n, has, p in zip(table.state.names, self._iter_grad, params, strict=True)]
+            ops.path_integral_update_(table["loss"], table["prev"], params, grads=grads, check_finite=self._finite)
         # Δt counts optimizer steps (the clock has counted this one); a strategy without the step counter (no
         # accumulation) counts iterations, this one included.
         if getattr(strategy.clock, "train_steps", strategy.clock.train_iterations + 1) % self.delta_t == 0:
@@ -213,6 +246,7 @@ class RWalkPlugin(RegularizerPlugin, supports_distributed=True):
             for e in table.state.entries:  # only names in the Fisher are scored; the others' L is reset
                 if e.name not in self._in_fisher:
                     loss[e.offset:e.offset + e.numel].zero_()
+            # With a fused path integral, nothing checked L per step: this reads it (and F, θ) before scoring.
             ops.rwalk_score_update_(table["ckpt_scores"], loss, table["ckpt_params"], table["fisher"], params,
                                     check_finite=self._finite)
         self._finite.tick()
