@@ -217,3 +217,35 @@ def test_a_gradient_that_is_its_parameter_is_refused_and_nothing_moves():
     with pytest.raises(RuntimeError, match=r"params\[0\] and grads\[0\] must be different buffers"):
         clfast.ops.sgd_step_([p], [p], None, lr=0.1)
     assert torch.equal(p, before)
+
+
+def test_a_step_with_a_path_integral_returns_the_penalty_bit_for_bit_and_integrates_the_path():
+    """The CPU driver sums the penalty apart when a path integral rides in the step (cpu.cpp, in blocks of 2048): the
+    value equals the step's without the path integral bit for bit, over pieces longer than a block, and the path
+    integral equals path_integral_update_ after the same step."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(70, 80), (5001,), (3,)]
+    params = [torch.randn(s, generator=g) for s in shapes]
+    grads = [torch.randn(s, generator=g) for s in shapes]
+    n = sum(p.numel() for p in params)
+    importance, anchor, buffer = torch.rand(n, generator=g), torch.randn(n, generator=g), torch.randn(n, generator=g)
+    lam = 0.7
+    plain = [p.clone() for p in params]
+    value = clfast.ops.sgd_step_(plain, grads, buffer.clone(), lr=0.1, momentum=0.9, importance=importance,
+                                 anchor=anchor, lam=lam)
+    fused = [p.clone() for p in params]
+    acc, prev = torch.randn(n, generator=g), torch.cat([p.reshape(-1) for p in params])
+    acc_fused, prev_fused = acc.clone(), prev.clone()
+    fused_value = clfast.ops.sgd_step_(fused, grads, buffer.clone(), lr=0.1, momentum=0.9, importance=importance,
+                                       anchor=anchor, lam=lam, path_acc=acc_fused, path_prev=prev_fused,
+                                       path_penalised=True)
+    assert torch.equal(value, fused_value)
+    assert all(torch.equal(a, b) for a, b in zip(plain, fused, strict=True))
+    # The unfused order: the penalised gradient g + 2λΩ⊙(θ−θ*) in .grad, the step, then the path integral over it.
+    offsets = torch.tensor([0] + [p.numel() for p in params]).cumsum(0).tolist()
+    penalised = [gr + 2 * lam * importance[a:b].view_as(p) * (p - anchor[a:b].view_as(p))
+                 for gr, p, a, b in zip(grads, params, offsets[:-1], offsets[1:], strict=True)]
+    acc_unfused = acc.clone()
+    clfast.ops.path_integral_update_(acc_unfused, prev.clone(), fused, grads=penalised)
+    torch.testing.assert_close(acc_fused, acc_unfused, rtol=1e-5, atol=1e-6)
+    assert torch.equal(prev_fused, torch.cat([p.reshape(-1) for p in fused]))

@@ -211,15 +211,26 @@ CLFAST_HD bool is_finite_value(A x) {
 // Which gradient a step's path integral multiplies by the step (the template parameter kPath).
 enum PathGrad : int { kNoPath = 0, kPathTaskGrad = 1, kPathPenalisedGrad = 2 };
 
+// The path integral's accumulator, read before the step writes anything (so that no store comes between the loads:
+// the compiler then needs no reload, and vectorises the loop). acc = f[ia]; 0 without a path integral.
+template <int kPath, int ia, typename A, typename T, typename P>
+CLFAST_HD A path_accumulator(const Ptrs<T, P>& p, int64_t k) {
+  if constexpr (kPath != kNoPath) {
+    return static_cast<A>(p.f[ia][k]);
+  } else {
+    return A(0);
+  }
+}
+
 // acc -= g_path (theta_new - theta_old); theta_prev = theta_new, with theta_new as stored (rounded to T), as the
-// unfused update reads it back. acc = f[ia], theta_prev = f[ia + 1].
+// unfused update reads it back. acc = f[ia] (its old value `acc_old`), theta_prev = f[ia + 1].
 template <int kPath, int ia, typename T, typename P, typename A>
-CLFAST_HD void path_integral_in_step(const Ptrs<T, P>& p, int64_t k, A theta_old, T theta_new, A task_grad,
-                                     A penalised_grad) {
+CLFAST_HD void path_integral_in_step(const Ptrs<T, P>& p, int64_t k, A acc_old, A theta_old, T theta_new,
+                                     A task_grad, A penalised_grad) {
   if constexpr (kPath != kNoPath) {
     const A g = kPath == kPathTaskGrad ? task_grad : penalised_grad;
     const A stored = static_cast<A>(theta_new);
-    p.f[ia][k] = static_cast<P>(static_cast<A>(p.f[ia][k]) - g * (stored - theta_old));
+    p.f[ia][k] = static_cast<P>(acc_old - g * (stored - theta_old));
     p.f[ia + 1][k] = static_cast<P>(stored);
   }
 }
@@ -246,23 +257,30 @@ template <typename T, typename P, bool kMomentum, bool kPenalty, int kPath = kNo
 struct SgdStep {
   using A = opmath_t<T, P>;
   static constexpr bool kReduces = kPenalty;
+  // Omega = f[1], theta* = f[2]; with a path integral the CPU driver sums the penalty's value apart (cpu.cpp).
+  static constexpr int kPenaltyFlat = 1;
+  static constexpr bool kSumPenaltyApart = kPenalty && kPath != kNoPath;
   // 1 - dampening comes from the host in double, as torch.optim computes it (1 - 0.9f is not 0.1f).
   A lr, momentum, one_minus_dampening, weight_decay, coef;  // coef = 2 lam
   bool nesterov, maximize, first;
   CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    // Every load before the first store (see path_accumulator).
     const A theta = static_cast<A>(p.l[0][k]);
+    const A grad = static_cast<A>(p.l[1][k]);
+    const A acc = path_accumulator<kPath, 3, A>(p, k);
+    const A b_old = kMomentum ? static_cast<A>(p.f[0][k]) : A(0);
     A value;
     const A penalised = penalised_gradient<kPenalty, 1>(p, k, theta, coef, value);
     A g = maximize ? -penalised : penalised;
     g = weight_decay != A(0) ? g + weight_decay * theta : g;  // torch adds nothing at 0 (an inf theta stays inf)
     if constexpr (kMomentum) {
-      const A b = first ? g : momentum * static_cast<A>(p.f[0][k]) + one_minus_dampening * g;
+      const A b = first ? g : momentum * b_old + one_minus_dampening * g;
       p.f[0][k] = static_cast<P>(b);
       g = nesterov ? g + momentum * b : b;
     }
     const T theta_new = static_cast<T>(theta - lr * g);
     p.l[0][k] = theta_new;
-    path_integral_in_step<kPath, 3>(p, k, theta, theta_new, static_cast<A>(p.l[1][k]), penalised);
+    path_integral_in_step<kPath, 3>(p, k, acc, theta, theta_new, grad, penalised);
     return value;
   }
 };
@@ -276,12 +294,20 @@ template <typename T, typename P, bool kPenalty, int kPath = kNoPath>
 struct AdamStep {
   using A = opmath_t<T, P>;
   static constexpr bool kReduces = kPenalty;
+  // Omega = f[2], theta* = f[3]; with a path integral the CPU driver sums the penalty's value apart (cpu.cpp).
+  static constexpr int kPenaltyFlat = 2;
+  static constexpr bool kSumPenaltyApart = kPenalty && kPath != kNoPath;
   // The complements 1 - beta1, 1 - beta2 and AdamW's factor 1 - lr wd come from the host in double, as torch.optim
   // computes them: in float, 1 - 0.999f is 1.00005e-3, a relative error of 5e-5 in every second-moment update.
   A one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, coef, step_size, bc2_sqrt;
   bool decoupled, maximize;
   CLFAST_HD A operator()(const Ptrs<T, P>& p, int64_t k) const {
+    // Every load before the first store (see path_accumulator).
     const A theta_old = static_cast<A>(p.l[0][k]);
+    const A grad = static_cast<A>(p.l[1][k]);
+    const A acc = path_accumulator<kPath, 4, A>(p, k);
+    const A m_old = static_cast<A>(p.f[0][k]);
+    const A v_old = static_cast<A>(p.f[1][k]);
     A theta = theta_old;
     A value;
     const A penalised = penalised_gradient<kPenalty, 2>(p, k, theta, coef, value);
@@ -290,14 +316,13 @@ struct AdamStep {
     g = decay_now && !decoupled ? g + weight_decay * theta : g;
     theta = decay_now && decoupled ? theta * decay : theta;
     const A w = one_minus_beta1;
-    const A m_old = static_cast<A>(p.f[0][k]);
     const A m = w < A(0.5) ? m_old + w * (g - m_old) : g - (g - m_old) * (A(1) - w);
-    const A v = beta2 * static_cast<A>(p.f[1][k]) + one_minus_beta2 * g * g;
+    const A v = beta2 * v_old + one_minus_beta2 * g * g;
     p.f[0][k] = static_cast<P>(m);
     p.f[1][k] = static_cast<P>(v);
     const T theta_new = static_cast<T>(theta - step_size * (m / (std::sqrt(v) / bc2_sqrt + eps)));
     p.l[0][k] = theta_new;
-    path_integral_in_step<kPath, 4>(p, k, theta_old, theta_new, static_cast<A>(p.l[1][k]), penalised);
+    path_integral_in_step<kPath, 4>(p, k, acc, theta_old, theta_new, grad, penalised);
     return value;
   }
 };
